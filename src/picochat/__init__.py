@@ -1,0 +1,1 @@
+"""picochat: the GPT lineage end to end in one small PyTorch codebase."""

@@ -1,0 +1,233 @@
+"""Checkpoints: a directory of safetensors tensors and JSON, written atomically, never pickled.
+
+Layout of `NAME/` (DESIGN.md):
+    model.safetensors   model weights (the tied LM head is stored once, as wte.weight)
+    config.json         {"model": GPTConfig fields, "tokenizer": identity hash, "meta": {...}}
+    tokenizer.json      Hugging Face tokenizers file
+    trainer.safetensors optimizer tensors + RNG states          (only for resumable training checkpoints)
+    trainer.json        optimizer hyper-parameters, TrainState (step, data position, ...)
+
+A checkpoint is written into `NAME.tmp/` and renamed into place, so a crash or a failed write never
+leaves a half-written `NAME/` and never destroys the previous good one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from picochat.model import GPT, GPTConfig
+from picochat.tokenizer import Tokenizer
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+TRAINER_TENSORS = "trainer.safetensors"
+TRAINER_JSON = "trainer.json"
+FORMAT_VERSION = 1
+TIED_KEY = "lm_head.weight"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing, incomplete, corrupt or does not fit the model."""
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_dir_write(path: Path, write: Any) -> None:
+    """Call write(tmp_dir), then move tmp_dir to `path`, replacing an existing directory only after the
+    new one is complete. On any exception the old directory is left untouched and tmp is removed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
+
+
+def recover_interrupted(path: Path) -> None:
+    """If a previous write died between its two renames, put the old checkpoint back."""
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.exists():
+        old.rename(path)
+
+
+def model_state(model: GPT) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    return {k: v.detach().contiguous().cpu() for k, v in state.items() if k != TIED_KEY}
+
+
+def flatten_optimizer(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split torch's optimizer state dict into tensors (for safetensors) and the JSON-able rest."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in opt_state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": opt_state["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for pid, scalars in rest["scalars"].items():
+        state.setdefault(int(pid), {}).update(scalars)
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: GPT,
+    tok: Tokenizer,
+    *,
+    meta: dict[str, Any] | None = None,
+    trainer_tensors: dict[str, torch.Tensor] | None = None,
+    trainer_json: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically. trainer_* (optimizer, RNG, TrainState) make it resumable."""
+    path = Path(path)
+    raw = getattr(model, "module", model)  # unwrap DDP
+    if tok.vocab_size > raw.config.vocab_size:
+        raise CheckpointError(
+            f"tokenizer has {tok.vocab_size} ids but the model only {raw.config.vocab_size} embeddings"
+        )
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": raw.config.to_dict(),
+        "tokenizer": tok.identity(),
+        "meta": meta or {},
+    }
+    tensors = model_state(raw)
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / MODEL_FILE))
+        tok.save(tmp / TOKENIZER_FILE)
+        write_json(tmp / CONFIG_FILE, config)
+        if trainer_json is not None:
+            save_file(trainer_tensors or {}, str(tmp / TRAINER_TENSORS))
+            write_json(tmp / TRAINER_JSON, trainer_json)
+
+    atomic_dir_write(path, write)
+    return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    recover_interrupted(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist (expected a directory with {CONFIG_FILE})")
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path} is missing: {path} is not a complete picochat checkpoint")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{cfg_path} has no 'model' section")
+    return config
+
+
+def config_from_dict(d: dict[str, Any], source: str) -> GPTConfig:
+    known = {f.name for f in fields(GPTConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise CheckpointError(f"{source}: unknown model config keys {unknown}")
+    try:
+        return GPTConfig(**d)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: bad model config: {e}") from None
+
+
+def load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file} is corrupt or truncated ({e}); restore it or use an older checkpoint") from None
+
+
+def load_model_weights(model: GPT, file: Path) -> None:
+    """Load model.safetensors into `model`, checking every key and shape (tied head excepted)."""
+    tensors = load_tensors(file)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != TIED_KEY}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{file}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+    for k, shape in expected.items():
+        if tensors[k].shape != shape:
+            raise CheckpointError(
+                f"{file}: tensor {k} has shape {tuple(tensors[k].shape)}, the config expects {tuple(shape)}"
+            )
+        if not torch.isfinite(tensors[k]).all():
+            raise CheckpointError(f"{file}: tensor {k} contains NaN or inf")
+    model.load_state_dict(tensors, strict=False)
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", config_overrides: dict[str, Any] | None = None
+) -> tuple[GPT, Tokenizer]:
+    """Load (model, tokenizer) from a checkpoint directory. The model is in eval mode on `device`."""
+    path = Path(path)
+    config = read_config(path)
+    model_cfg = config_from_dict(config["model"], str(path / CONFIG_FILE))
+    if config_overrides:
+        model_cfg = config_from_dict({**model_cfg.to_dict(), **config_overrides}, "config overrides")
+    tok = Tokenizer.load(path / TOKENIZER_FILE)
+    if tok.vocab_size > model_cfg.vocab_size:
+        raise CheckpointError(
+            f"{path / TOKENIZER_FILE} has {tok.vocab_size} ids but the model has only "
+            f"{model_cfg.vocab_size} embeddings: the tokenizer does not belong to this model"
+        )
+    if config.get("tokenizer") and config["tokenizer"] != tok.identity():
+        raise CheckpointError(
+            f"{path / TOKENIZER_FILE} is not the tokenizer this model was trained with "
+            f"(identity {tok.identity()} != {config['tokenizer']} in {CONFIG_FILE})"
+        )
+    model = GPT(model_cfg)
+    load_model_weights(model, path / MODEL_FILE)
+    return model.to(device).eval(), tok
+
+
+def load_trainer_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The trainer tensors and JSON of a resumable checkpoint, or None if it has none."""
+    path = Path(path)
+    if not (path / TRAINER_JSON).is_file():
+        return None
+    try:
+        rest = json.loads((path / TRAINER_JSON).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path / TRAINER_JSON} is not valid JSON: {e}") from None
+    return load_tensors(path / TRAINER_TENSORS), rest
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    return read_config(path).get("meta", {})

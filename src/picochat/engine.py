@@ -1,0 +1,330 @@
+"""Batched generation and scoring with a KV cache.
+
+The engine sees token ids; strings are converted at the edges. A batch of prompts of different lengths
+is left-padded and decoded in lockstep: the prompt is prefilled once, the cache is copied for
+`num_samples` answers per prompt, and rows that finish (stop token, stop string, length) are dropped from
+the batch so the remaining ones run faster. Sampling (temperature, top-k, nucleus top-p from Holtzman et
+al., arXiv 1904.09751) uses an explicit `torch.Generator`, so a seed gives the same output every time.
+
+`score` returns log p(continuation | prompt) token by token: the zero-shot/few-shot evals (GPT-2/GPT-3
+style multiple choice) and RLHF use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from picochat.model import GPT, KVCache
+from picochat.tokenizer import Tokenizer
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+
+
+def sample_next(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Draw one token per row from logits (B, V) -> (B,)."""
+    if params.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / params.temperature
+    if params.top_k is not None and params.top_k < logits.size(-1):
+        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p is not None and params.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > params.top_p  # keep the smallest set with mass >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and (B, T) bool mask of real tokens, prompts aligned to the right edge."""
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), T, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, T - len(p) :] = True
+    return ids.to(device), mask.to(device)
+
+
+class Engine:
+    """Generation and scoring for one model + tokenizer. Stateless between calls."""
+
+    def __init__(self, model: GPT, tok: Tokenizer, autocast_dtype: torch.dtype | None = None) -> None:
+        if tok.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"tokenizer has {tok.vocab_size} ids but the model only {model.config.vocab_size} embeddings"
+            )
+        self.model = model
+        self.tok = tok
+        self.autocast_dtype = autocast_dtype
+        self.default_stop_ids = (tok.special_id("<|end|>"), tok.eot_id)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def fit_to_context(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[list[int]], int]:
+        """Left-truncate prompts (with a warning) so prompt + answer fits the context window."""
+        block = self.model.config.block_size
+        if max_new_tokens >= block:
+            warnings.warn(f"max_new_tokens={max_new_tokens} >= context {block}; using {block - 1}", stacklevel=3)
+            max_new_tokens = block - 1
+        room = block - max_new_tokens
+        if any(len(p) > room for p in prompts):
+            warnings.warn(
+                f"prompt longer than the {room} tokens left in the {block}-token context for "
+                f"{max_new_tokens} new tokens; keeping its last {room} tokens",
+                stacklevel=3,
+            )
+            prompts = [p[-room:] for p in prompts]
+        return [list(p) if p else [self.tok.eot_id] for p in prompts], max_new_tokens
+
+    @torch.inference_mode()
+    def generate_tokens(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        num_samples: int = 1,
+        stop_ids: Sequence[int] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[list[tuple[int, int]]]:
+        """Yield, at every decoding step, the (row, token) pairs produced by still-running rows.
+
+        Row r = prompt r // num_samples, sample r % num_samples. A row stops after emitting a stop id
+        (which is yielded, so callers see why it stopped) or after max_new_tokens tokens. Callers may stop
+        iterating at any time (cancellation).
+        """
+        self.model.eval()
+        stop = set(self.default_stop_ids if stop_ids is None else stop_ids)
+        prompt_lists, max_new = self.fit_to_context([list(p) for p in prompts], params.max_new_tokens)
+        params = SamplingParams(
+            max_new_tokens=max_new, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p
+        )
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        ids, pad_mask = left_pad(prompt_lists, self.tok.eot_id, self.device)
+        cache = KVCache.empty(
+            self.model.config, len(prompt_lists), ids.shape[1] + max_new, self.device,
+            self.autocast_dtype or next(self.model.parameters()).dtype,
+        )  # fmt: skip
+        with self._autocast():
+            logits = self.model(ids, pad_mask=pad_mask, cache=cache)[0][:, -1]  # (B, V)
+        if num_samples > 1:
+            cache = cache.repeat_rows(num_samples)
+            logits = logits.repeat_interleave(num_samples, dim=0)
+        rows = torch.arange(logits.shape[0], device=self.device)  # original row id of each batch slot
+        for step in range(max_new):
+            token = sample_next(logits, params, generator)  # (B,)
+            out = list(zip(rows.tolist(), token.tolist(), strict=True))
+            yield out
+            alive = torch.tensor([t not in stop for _, t in out], device=self.device)
+            if step == max_new - 1 or not alive.any():
+                return
+            if not alive.all():
+                rows, token, cache = rows[alive], token[alive], cache.select_rows(alive)
+            with self._autocast():
+                logits = self.model(token[:, None], cache=cache)[0][:, -1]
+
+    def generate_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        num_samples: int = 1,
+        stop_ids: Sequence[int] | None = None,
+        seed: int | None = None,
+    ) -> list[list[int]]:
+        """Completions as token ids (stop token included when one was produced), num_samples per prompt."""
+        outputs: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
+        for step in self.generate_tokens(prompts, params, num_samples=num_samples, stop_ids=stop_ids, seed=seed):
+            for row, token in step:
+                outputs[row].append(token)
+        return outputs
+
+    def _encode_prompts(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings or of token-id lists, not a single string")
+        return [self.tok.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+
+    def decode_completion(self, ids: list[int], stop_strings: Sequence[str] = ()) -> str:
+        """Text of a completion: cut at the first stop token, then at the first stop string."""
+        stop = set(self.default_stop_ids)
+        cut = next((i for i, t in enumerate(ids) if t in stop), len(ids))
+        text = self.tok.decode(ids[:cut])
+        for s in stop_strings:
+            pos = text.find(s)
+            if pos >= 0:
+                text = text[:pos]
+        return text
+
+    def generate(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        num_samples: int = 1,
+    ) -> list[str]:
+        """Generate text for each prompt (num_samples per prompt, in prompt order)."""
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+        stop_strings = [stop] if isinstance(stop, str) else list(stop or [])
+        ids = self._encode_prompts(prompts)
+        if not stop_strings:
+            completions = self.generate_ids(ids, params, num_samples=num_samples, seed=seed)
+            return [self.decode_completion(c) for c in completions]
+        # with stop strings, rows must stop as soon as their text contains one: stream them
+        outputs: list[list[int]] = [[] for _ in range(len(ids) * num_samples)]
+        done: set[int] = set()
+        for step in self.generate_tokens(ids, params, num_samples=num_samples, seed=seed):
+            for row, token in step:
+                if row not in done:
+                    outputs[row].append(token)
+                    if any(s in self.tok.decode(outputs[row]) for s in stop_strings):
+                        done.add(row)
+            if len(done) == len(outputs):
+                break
+        return [self.decode_completion(c, stop_strings) for c in outputs]
+
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        """Yield the completion's text piece by piece as it is generated (whole characters only)."""
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+        stop_strings = [stop] if isinstance(stop, str) else list(stop or [])
+        streamer = TextStreamer(self.tok, stop_strings, self.default_stop_ids)
+        for step in self.generate_tokens(self._encode_prompts([prompt]), params, seed=seed):
+            piece = streamer.push(step[0][1])
+            if piece:
+                yield piece
+            if streamer.finished:
+                return
+        tail = streamer.flush()
+        if tail:
+            yield tail
+
+    @torch.inference_mode()
+    def score_ids(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 16) -> list[list[float]]:
+        """Per-token log p(continuation | prompt) for each (prompt_ids, continuation_ids) pair."""
+        block = self.model.config.block_size
+        results: list[list[float]] = []
+        self.model.eval()
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            seqs, n_cont = [], []
+            for prompt, cont in chunk:
+                if not cont:
+                    raise ValueError("score: the continuation is empty")
+                if len(cont) >= block:
+                    raise ValueError(f"score: continuation of {len(cont)} tokens does not fit the {block}-token context")
+                seq = (list(prompt) or [self.tok.eot_id]) + list(cont)
+                seqs.append(seq[-block:])
+                n_cont.append(len(cont))
+            T = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), T), self.tok.eot_id, dtype=torch.long)
+            for i, s in enumerate(seqs):
+                ids[i, : len(s)] = torch.tensor(s)
+            ids = ids.to(self.device)
+            with self._autocast():
+                logits = self.model(ids)[0].float()  # (B, T, V), right padding is harmless for a causal model
+            logprobs = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+            for i, s in enumerate(seqs):
+                results.append(logprobs[i, len(s) - 1 - n_cont[i] : len(s) - 1].tolist())
+        return results
+
+    def score(self, prompt: str | Sequence[int], continuation: str | Sequence[int]) -> tuple[float, list[float]]:
+        """(sum of log-probs, per-token log-probs) of continuation given prompt."""
+        p = self.tok.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        c = self.tok.encode(continuation) if isinstance(continuation, str) else list(continuation)
+        token_logprobs = self.score_ids([(p, c)])[0]
+        return sum(token_logprobs), token_logprobs
+
+
+class TextStreamer:
+    """Turns a stream of token ids into text pieces, holding back incomplete UTF-8 and stop strings."""
+
+    def __init__(self, tok: Tokenizer, stop_strings: Sequence[str] = (), stop_ids: Sequence[int] = ()) -> None:
+        self.tok = tok
+        self.stop_strings = list(stop_strings)
+        self.stop_ids = set(stop_ids)
+        self.ids: list[int] = []
+        self.emitted = 0  # characters already yielded
+        self.finished = False
+
+    def push(self, token: int) -> str:
+        if self.finished:
+            return ""
+        if token in self.stop_ids:
+            self.finished = True
+            return self.flush()
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        for s in self.stop_strings:
+            pos = text.find(s)
+            if pos >= 0:
+                self.finished = True
+                piece = text[self.emitted : pos]
+                self.emitted = pos
+                return piece
+        safe = len(text)
+        if text.endswith(REPLACEMENT_CHAR):  # an unfinished multi-byte character
+            safe = len(text.rstrip(REPLACEMENT_CHAR))
+        for s in self.stop_strings:  # hold back a possible beginning of a stop string
+            for k in range(min(len(s) - 1, safe - self.emitted), 0, -1):
+                if text[:safe].endswith(s[:k]):
+                    safe -= k
+                    break
+        piece = text[self.emitted : safe]
+        self.emitted = max(self.emitted, safe)
+        return piece
+
+    def flush(self) -> str:
+        text = self.tok.decode(self.ids)
+        piece = text[self.emitted :]
+        self.emitted = len(text)
+        return piece

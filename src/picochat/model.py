@@ -1,0 +1,396 @@
+"""The GPT model: one decoder-only Transformer for every stage of picochat.
+
+Papers and the choices taken from each:
+- GPT-1 (Radford et al. 2018): post-LN blocks (LayerNorm after each residual add), learned positions,
+  GELU MLP 4x, tied input/output embeddings. `ln_placement="post"`.
+- GPT-2 (Radford et al. 2019): pre-LN blocks plus a final LayerNorm, residual projections initialised with
+  std 0.02/sqrt(2·n_layer), context 1024, vocab 50,257. `ln_placement="pre"` (the default).
+- GPT-3 (arXiv 2005.14165, §2.1): "alternating dense and locally banded sparse attention patterns".
+  `attention="alternating"` makes every odd layer banded: a token attends to itself and the previous
+  `window - 1` tokens only. The band is a boolean mask passed to SDPA; it saves no FLOPs on CPU (SDPA still
+  computes the full T×T scores and the masked kernel is slower than the fused causal one), it only
+  changes which tokens are seen. A block-sparse kernel would be needed to save compute.
+
+Attention is `torch.nn.functional.scaled_dot_product_attention` (flash/fused kernels where available).
+The KV cache is a small explicit object created per generation call and passed into `forward`; the model
+holds parameters only. An optional linear head on the final hidden states (`n_head_outputs > 0`) serves
+as the GPT-1 classifier, the reward model's scalar head and the PPO value head, so every stage shares one
+class and one checkpoint format.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+
+LN_PLACEMENTS = ("pre", "post")
+ATTENTION_PATTERNS = ("dense", "alternating")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GPTConfig:
+    """Shape and architecture of a GPT. Presets: `GPTConfig.from_preset(name, **overrides)`."""
+
+    n_layer: int = 6
+    """number of Transformer blocks"""
+    n_head: int = 6
+    """attention heads per block"""
+    n_embd: int = 384
+    """model width C"""
+    block_size: int = 256
+    """context length in tokens"""
+    vocab_size: int = 8192
+    """embedding rows; must be >= the tokenizer's vocab size"""
+    dropout: float = 0.0
+    """dropout on embeddings, attention output and MLP output (0 for tiny CPU models)"""
+    bias: bool = True
+    """biases in Linear and LayerNorm layers (GPT-2 has them)"""
+    ln_placement: str = "pre"
+    """'pre' (GPT-2: LN before each sublayer + final LN) or 'post' (GPT-1: LN after each residual add)"""
+    attention: str = "dense"
+    """'dense' or 'alternating' (GPT-3: odd layers use locally banded attention)"""
+    window: int = 128
+    """band width of the sparse layers: each token sees itself and window-1 previous tokens"""
+    n_head_outputs: int = 0
+    """width of the optional linear head on the final hidden states (classes, or 1 for reward/value)"""
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.ln_placement not in LN_PLACEMENTS:
+            raise ValueError(f"model.ln_placement must be one of {LN_PLACEMENTS}, got {self.ln_placement!r}")
+        if self.attention not in ATTENTION_PATTERNS:
+            raise ValueError(f"model.attention must be one of {ATTENTION_PATTERNS}, got {self.attention!r}")
+        if self.n_head_outputs < 0:
+            raise ValueError(f"model.n_head_outputs must be >= 0, got {self.n_head_outputs}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> GPTConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def is_sparse_layer(self, layer: int) -> bool:
+        return self.attention == "alternating" and layer % 2 == 1
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # test-sized and CPU-sized models (vocab is set from the tokenizer when a run is built)
+    "micro": GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=512),
+    "tiny": GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=8192),
+    "small-cpu": GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192),
+    # the published shapes
+    "gpt1": GPTConfig(
+        n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=40478, ln_placement="post"
+    ),
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257),
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280, block_size=1024, vocab_size=50257),
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600, block_size=1024, vocab_size=50257),
+}
+
+
+@dataclass(slots=True)
+class KVCache:
+    """Keys and values of every layer for a batch being generated, preallocated to `max_len` slots.
+
+    Rows may be left-padded: `key_mask` marks which slots hold real tokens and `next_pos` is each row's
+    next position id, so a batch of prompts of different lengths decodes in lockstep.
+    """
+
+    k: torch.Tensor  # (L, B, nh, max_len, hs)
+    v: torch.Tensor  # (L, B, nh, max_len, hs)
+    key_mask: torch.Tensor  # (B, max_len) bool, True = real token in that slot
+    next_pos: torch.Tensor  # (B,) long
+    length: int = 0  # slots filled so far (same for every row)
+
+    @classmethod
+    def empty(
+        cls, config: GPTConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> KVCache:
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch, config.n_head, max_len, hs)
+        return cls(
+            k=torch.zeros(shape, device=device, dtype=dtype),
+            v=torch.zeros(shape, device=device, dtype=dtype),
+            key_mask=torch.zeros(batch, max_len, dtype=torch.bool, device=device),
+            next_pos=torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def repeat_rows(self, n: int) -> KVCache:
+        """Each row copied n times (row i -> rows i*n .. i*n+n-1): prefill a prompt once, sample n answers."""
+        return KVCache(
+            k=self.k.repeat_interleave(n, dim=1),
+            v=self.v.repeat_interleave(n, dim=1),
+            key_mask=self.key_mask.repeat_interleave(n, dim=0),
+            next_pos=self.next_pos.repeat_interleave(n, dim=0),
+            length=self.length,
+        )
+
+    def select_rows(self, rows: torch.Tensor) -> KVCache:
+        return KVCache(
+            k=self.k[:, rows], v=self.v[:, rows], key_mask=self.key_mask[rows],
+            next_pos=self.next_pos[rows], length=self.length,
+        )  # fmt: skip
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            start = cache.length
+            cache.k[layer, :, :, start : start + T] = k
+            cache.v[layer, :, :, start : start + T] = v
+            k = cache.k[layer, :, :, : start + T]  # (B, nh, Tk, hs)
+            v = cache.v[layer, :, :, : start + T]
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # fmt: skip
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2's GELU is the tanh approximation ("gelu_new" in transformers)
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.pre_ln = config.ln_placement == "pre"
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int
+    ) -> torch.Tensor:
+        if self.pre_ln:  # GPT-2
+            x = x + self.attn(self.ln_1(x), mask, cache, layer)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, mask, cache, layer))  # GPT-1
+        return self.ln_2(x + self.mlp(x))
+
+
+def attention_masks(
+    config: GPTConfig,
+    T: int,
+    device: torch.device,
+    pad_mask: torch.Tensor | None = None,
+    cache: KVCache | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Boolean SDPA masks (True = may attend) for dense and banded layers; None means plain causal.
+
+    Queries are the T new tokens; keys are the cached slots plus the new tokens. With no cache and no
+    padding the dense mask is None so SDPA can use its fused causal kernel.
+    """
+    start = cache.length if cache is not None else 0
+    need_band = config.attention == "alternating"
+    if cache is None and pad_mask is None and not need_band:
+        return None, None
+    q_idx = torch.arange(start, start + T, device=device)[:, None]  # (T, 1) slot index of each query
+    k_idx = torch.arange(start + T, device=device)[None, :]  # (1, Tk)
+    causal = k_idx <= q_idx  # (T, Tk)
+    band = causal & (k_idx > q_idx - config.window) if need_band else None
+    if cache is None and pad_mask is None:
+        return None, band
+    keys = cache.key_mask[:, : start + T] if cache is not None else pad_mask
+    keys = keys[:, None, None, :]  # (B, 1, 1, Tk)
+    dense = causal[None, None] & keys
+    band = band[None, None] & keys if band is not None else None
+    # a left-pad query row that sees no key would give NaN: let it see itself (its output is never used)
+    diag = (k_idx == q_idx)[None, None]
+    dense = dense | (diag & ~dense.any(-1, keepdim=True))
+    if band is not None:
+        band = band | (diag & ~band.any(-1, keepdim=True))
+    return dense, band
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias) if config.ln_placement == "pre" else None
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied input/output embeddings (GPT-1, GPT-2)
+        self.head = nn.Linear(config.n_embd, config.n_head_outputs) if config.n_head_outputs else None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """All weight init in one place.
+
+        | tensor                         | init                                   | source            |
+        |--------------------------------|----------------------------------------|-------------------|
+        | Linear weights, wte, wpe       | N(0, 0.02)                             | GPT-1 §4.1, GPT-2 |
+        | attn.c_proj, mlp.c_proj weight | N(0, 0.02 / sqrt(2 · n_layer))         | GPT-2 §2.3        |
+        | head weight (scalar/classes)   | N(0, 1 / sqrt(n_embd + 1))             | lm-human-prefs    |
+        | biases                         | 0                                      |                   |
+        | LayerNorm                      | weight 1, bias 0                       |                   |
+        """
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if module is self.head:
+                std = 1.0 / math.sqrt(self.config.n_embd + 1)
+            elif any(module is blk.attn.c_proj or module is blk.mlp.c_proj for blk in self.h):
+                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        """Parameters counted once (tied weights once). Without embeddings: the N of scaling laws."""
+        n = sum(p.numel() for p in self.parameters())
+        if not include_embeddings:
+            n -= self.wte.weight.numel() + self.wpe.weight.numel()
+        return n
+
+    def positions(
+        self, B: int, T: int, device: torch.device, pad_mask: torch.Tensor | None, cache: KVCache | None
+    ) -> torch.Tensor:
+        """Position ids (B, T): counted over real tokens only, so left padding does not shift them."""
+        if cache is not None:
+            step = pad_mask.long().cumsum(1) if pad_mask is not None else torch.arange(1, T + 1, device=device)
+            return (cache.next_pos[:, None] + step - 1).clamp(min=0)
+        if pad_mask is not None:
+            return (pad_mask.long().cumsum(1) - 1).clamp(min=0)
+        return torch.arange(T, device=device)[None, :].expand(B, T)
+
+    def hidden(
+        self,
+        idx: torch.Tensor,
+        *,
+        pad_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (B, T, C). pad_mask (B, T): True on real tokens (padding on the left)."""
+        B, T = idx.shape
+        end = T + (cache.length if cache is not None else 0)
+        limit = cache.max_len if cache is not None else self.config.block_size
+        if end > limit:
+            raise ValueError(f"sequence of {end} tokens exceeds the limit of {limit} (block_size/cache)")
+        pos = self.positions(B, T, idx.device, pad_mask, cache)
+        if int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(pos.max())} exceeds block_size {self.config.block_size}")
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        if cache is not None:
+            real = pad_mask if pad_mask is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
+            cache.key_mask[:, cache.length : cache.length + T] = real
+        dense_mask, band_mask = attention_masks(self.config, T, idx.device, pad_mask, cache)
+        for layer, block in enumerate(self.h):
+            mask = band_mask if self.config.is_sparse_layer(layer) else dense_mask
+            x = block(x, mask, cache, layer)
+        if cache is not None:
+            cache.next_pos = pos[:, -1] + 1
+            cache.length += T
+        return self.ln_f(x) if self.ln_f is not None else x
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        pad_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next-token logits (B, T, V) and, given targets (B, T), the mean cross-entropy over targets
+        that are not IGNORE_INDEX."""
+        logits = self.lm_head(self.hidden(idx, pad_mask=pad_mask, cache=cache))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX
+        )
+        return logits, loss
+
+    def head_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The linear head on hidden states: (..., C) -> (..., n_head_outputs)."""
+        if self.head is None:
+            raise ValueError("this model has no head: build it with n_head_outputs > 0 (see with_head)")
+        return self.head(hidden)
+
+
+def with_head(model: GPT, n_outputs: int) -> GPT:
+    """A copy of `model` whose linear head has `n_outputs` outputs (new head freshly initialised;
+    an existing head of the same width is kept). The trunk weights are copied, `model` is unchanged."""
+    new = GPT(replace(model.config, n_head_outputs=n_outputs)).to(next(model.parameters()).device)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    if model.head is not None and model.config.n_head_outputs == n_outputs:
+        state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+    return new
+
+
+def count_params(config: GPTConfig, include_embeddings: bool = True) -> int:
+    """Parameter count without allocating memory (built on the meta device)."""
+    with torch.device("meta"):
+        return GPT(config).num_params(include_embeddings)
+
+
+def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per token, PaLM (arXiv 2204.02311) appendix B: 6·N + 12·L·C·T, where N counts the
+    matmul weights (blocks plus the tied LM head) and 12·L·C·T is the attention scores and values."""
+    T = seq_len or config.block_size
+    C, L, V = config.n_embd, config.n_layer, config.vocab_size
+    n_matmul = 12 * L * C * C + V * C  # per-block qkv/proj/mlp weights + the (tied) LM head
+    return 6 * n_matmul + 12 * L * C * T
+
+
+__all__ = ["GPT", "GPTConfig", "IGNORE_INDEX", "KVCache", "PRESETS", "count_params", "flops_per_token", "with_head"]
