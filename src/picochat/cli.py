@@ -116,8 +116,222 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", default=None, help="comma-separated subset of stages to run")
 
 
+def cmd_collect(args: argparse.Namespace, cfg: Any) -> None:
+    from dataclasses import replace
+
+    from picochat.train.collect import run_collect
+
+    given = {"policy": args.policy, "k": args.k, "n_prompts": args.n_prompts}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    out = Path(args.out or "runs/collect/prefs.jsonl")
+    summary = run_collect(cfg, out)
+    print(f"collect: {summary['n_records']} ranked prompts in {out}")
+
+
+def add_collect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", help="policy checkpoint to sample from (runs/NAME/sft/ckpt)")
+    p.add_argument("--k", type=int, help="answers per prompt, 4..9")
+    p.add_argument("--n-prompts", type=int, help="task prompts to sample for")
+
+
+def cmd_rm(args: argparse.Namespace, cfg: Any) -> None:
+    from dataclasses import replace
+
+    from picochat.train.reward import train_reward
+
+    given = {"sft": args.ckpt, "data": args.data, "heldout": args.heldout}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v})
+    out = out_dir(args, cfg, "runs/rm")
+    train_reward(cfg, out, dist=dist_from_env(os.environ, cfg.run.device), resume=args.resume)
+
+
+def add_rm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", help="SFT checkpoint the reward model starts from")
+    p.add_argument("--data", action="append", help="ranking or pairwise JSONL (repeat for more); none = collect")
+    p.add_argument("--heldout", help="held-out ranking JSONL (default: collect on the heldout task split)")
+
+
+def cmd_sft(args: argparse.Namespace, cfg: Any) -> None:
+    from dataclasses import replace
+
+    from picochat.train.sft import sft
+
+    cfg = replace(cfg, **{k: v for k, v in {"ckpt": args.ckpt, "data": args.data}.items() if v})
+    out = out_dir(args, cfg, "runs/sft")
+    sft(cfg, out, dist=dist_from_env(os.environ, cfg.run.device), resume=args.resume)
+
+
+def add_sft_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", help="base checkpoint to fine-tune (runs/NAME/pretrain/ckpt)")
+    p.add_argument("--data", help='JSONL of {"messages": [...]} conversations (added to the mix; data_mode=replace: alone)')
+
+
+def cmd_chat(args: argparse.Namespace, cfg: Any) -> None:
+    from picochat.chat import ChatOptions, run_chat
+
+    options = ChatOptions(
+        system=args.system, temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens, seed=args.seed,
+    )  # fmt: skip
+    run_chat(args.ckpt, options, message=args.message, device=args.device)
+
+
+def add_chat_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="checkpoint to chat with (runs/NAME/sft/ckpt)")
+    p.add_argument("--system", default="", help="system prompt, kept however long the chat gets")
+    p.add_argument("--message", help="answer this one message and exit (non-interactive)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default off)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default random)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
+def cmd_finetune(args: argparse.Namespace, cfg: Any) -> None:
+    from dataclasses import replace
+
+    from picochat.train.finetune import finetune
+
+    given = {"ckpt": args.ckpt, "task": args.task, "data": args.data}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v})
+    out = out_dir(args, cfg, f"runs/finetune/{Path(cfg.data).stem if cfg.data else cfg.task}")
+    finetune(cfg, out, dist=dist_from_env(os.environ, cfg.run.device), resume=args.resume)
+
+
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", help="base checkpoint (runs/NAME/pretrain/ckpt)")
+    p.add_argument("--task", help="built-in task: sentiment, nli, paraphrase, cloze")
+    p.add_argument("--data", help="your own task JSONL (format inferred, or format=...)")
+
+
+def cmd_eval(args: argparse.Namespace, cfg: Any) -> None:
+    from dataclasses import replace
+
+    from picochat.eval.fewshot import run_eval
+
+    given = {"ckpt": args.ckpt, "data_dir": args.data_dir, "finetune_dir": args.finetune_dir}
+    if args.tasks is not None:
+        given["tasks"] = [t for t in args.tasks.split(",") if t]
+    if args.shots is not None:
+        try:
+            given["shots"] = [int(k) for k in args.shots.split(",") if k]
+        except ValueError:
+            raise ConfigError(f"--shots {args.shots!r}: expected integers like 0,1,4") from None
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    run_eval(cfg, out_dir(args, cfg, "runs/eval"))
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", help="checkpoint to evaluate")
+    p.add_argument("--data-dir", help="token shards (runs/NAME/data) for bits per byte and the bigram")
+    p.add_argument("--tasks", help="comma-separated zero-/few-shot tasks (empty = none)")
+    p.add_argument("--shots", help="comma-separated demonstration counts, e.g. 0,1,4")
+    p.add_argument("--finetune-dir", help="directory with <task>/summary.json of finetune runs")
+
+
+def cmd_serve(args: argparse.Namespace, cfg: Any) -> None:
+    import torch
+
+    from picochat.serve.app import serve
+    from picochat.serve.labels import read_prompts
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prompts = read_prompts(args.label_prompts) if args.label_prompts else None
+    serve(
+        args.ckpt, host=args.host, port=args.port, label_token=args.label_token, db=args.db or None,
+        max_batch=args.max_batch, label_prompts=prompts, model_name=args.model_name, device=args.device,
+        api_key=os.environ.get("PICOCHAT_API_KEY") or None,
+    )  # fmt: skip
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="checkpoint directory to serve (runs/NAME/ckpt)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--label-token", default=None, help="labeling page token (default: generated, printed)")
+    p.add_argument("--db", default="labels.db", help="SQLite file for human rankings ('' disables labeling)")
+    p.add_argument("--label-prompts", default=None, help="prompts to label: .txt lines or .jsonl 'prompt's")
+    p.add_argument("--max-batch", type=int, default=32, help="most answers decoded together in one batch")
+    p.add_argument("--model-name", default=None, help="model id in /v1/models (default picochat-<run>)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def cmd_labels(args: argparse.Namespace, cfg: Any) -> None:
+    from picochat.serve.labels import export_jsonl
+
+    n = export_jsonl(args.db, args.out, include_all_bad=args.include_all_bad)
+    print(f"labels: wrote {n} rankings from {args.db} to {args.out}")
+
+
+def add_labels_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["export"], help="export: write the reward-model JSONL")
+    p.add_argument("--db", required=True, help="SQLite file written by `picochat serve`")
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.add_argument("--include-all-bad", action="store_true", help="also export rankings flagged all-bad")
+
+
+def cmd_ppo(args: argparse.Namespace, cfg: Any) -> None:
+    from dataclasses import replace
+
+    from picochat.train.ppo import ppo
+
+    given = {"policy": args.policy, "rm": args.rm, "data_dir": args.data_dir}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    out = out_dir(args, cfg, "runs/ppo")
+    _, summary = ppo(cfg, out, resume=args.resume)
+    print(f"ppo: {summary.get('iterations')} iterations; policy in {out / 'ckpt'}")
+
+
+def add_ppo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", help="SFT checkpoint (initial policy and frozen reference)")
+    p.add_argument("--rm", help="reward-model checkpoint")
+    p.add_argument("--data-dir", help="pre-training shards (runs/NAME/data) for PPO-ptx and held-out LM loss")
+
+
+def cmd_winrate(args: argparse.Namespace, cfg: Any) -> None:
+    import json
+
+    from picochat.eval.winrate import winrate_report
+
+    if not args.policy or not args.baseline:
+        raise ConfigError("winrate needs --policy RL_CKPT and --baseline SFT_CKPT")
+    report = winrate_report(
+        args.policy, args.baseline, n=args.n, seed=args.seed, temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, run_dir=args.run_dir,
+    )  # fmt: skip
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+def add_winrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", help="RL policy checkpoint (e.g. runs/NAME/ppo/ckpt)")
+    p.add_argument("--baseline", help="baseline checkpoint (the SFT policy)")
+    p.add_argument("--n", type=int, default=200, help="held-out task prompts")
+    p.add_argument("--seed", type=int, default=0, help="task and sampling seed")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="longest answer")
+    p.add_argument("--run-dir", help="PPO run dir: adds RM-vs-gold curve, win rate vs KL")
+    p.add_argument("--out", help="also write the JSON report here")
+
+
 def build_commands() -> list[Command]:
-    from picochat.config import PretrainConfig, SampleConfig, TokenizerStageConfig
+    from picochat.config import (
+        CollectConfig,
+        EvalConfig,
+        FinetuneConfig,
+        PPOConfig,
+        PretrainConfig,
+        RewardConfig,
+        SampleConfig,
+        SFTConfig,
+        TokenizerStageConfig,
+    )
     from picochat.pipeline import PipelineConfig
 
     return [
@@ -125,6 +339,28 @@ def build_commands() -> list[Command]:
         Command("tokenizer", "train (or pick) the tokenizer and write token shards", TokenizerStageConfig, cmd_tokenizer),
         Command("pretrain", "pre-train a GPT on the corpus (causal LM)", PretrainConfig, cmd_pretrain, add_pretrain_args),
         Command("sample", "generate text from a checkpoint", SampleConfig, cmd_sample, add_sample_args),
+        Command("serve", "web chat, OpenAI API, labeling page (--ckpt)", None, cmd_serve, add_serve_args),
+        Command("labels", "export human rankings (labels export)", None, cmd_labels, add_labels_args),
+        Command("collect", "sample K answers per prompt and rank them with the gold labeler", CollectConfig, cmd_collect, add_collect_args),
+        Command("rm", "train the reward model on rankings (collects them when no --data)", RewardConfig, cmd_rm, add_rm_args),
+        Command("sft", "supervised fine-tuning on chat demonstrations (--ckpt BASE)", SFTConfig, cmd_sft, add_sft_args),
+        Command("ppo", "RLHF with PPO / PPO-ptx (--policy SFT --rm RM [--data-dir DATA])", PPOConfig, cmd_ppo, add_ppo_args),
+        Command("winrate", "gold-judged win rate of an RL policy over SFT on held-out prompts", None, cmd_winrate, add_winrate_args),
+        Command("chat", "chat with a checkpoint in the terminal (--ckpt PATH)", None, cmd_chat, add_chat_args),
+        Command(
+            "finetune",
+            "GPT-1 fine-tuning with a task head (--task NAME --ckpt BASE)",
+            FinetuneConfig,
+            cmd_finetune,
+            add_finetune_args,
+        ),
+        Command(
+            "eval",
+            "bits per byte vs bigram, zero-/few-shot and fine-tuned accuracy",
+            EvalConfig,
+            cmd_eval,
+            add_eval_args,
+        ),
     ]
 
 

@@ -249,6 +249,340 @@ class SampleConfig:
         check_range("temperature", self.temperature, 0.0)
 
 
+PPO_KL_ESTIMATORS = ("k1", "k3")
+PPO_EOS_PENALTY_MODES = ("replace", "add")
+
+
+@config_class
+class PPOHParams:
+    """PPO on the KL-shaped reward (InstructGPT eq. 2; lm-human-preferences / Ziegler et al. 2019)."""
+
+    iterations: int = 30
+    """rollout + update iterations"""
+    rollout_batch: int = 32
+    """episodes (prompt, sampled answer) per iteration"""
+    epochs: int = 4
+    """PPO epochs over each rollout batch"""
+    minibatch: int = 8
+    """episodes per optimizer step"""
+    micro_batch: int = 0
+    """episodes per forward/backward inside a minibatch (gradient accumulation; 0 = the whole minibatch)"""
+    max_new_tokens: int = 24
+    """longest response; responses that hit it without <|end|> get the no-EOS penalty"""
+    temperature: float = 1.0
+    """sampling temperature; training log-probs use logits / temperature too"""
+    beta: float = 0.05
+    """initial KL coefficient β of the per-token penalty"""
+    adaptive_kl: bool = True
+    """adapt β towards target_kl (Ziegler et al. §2.2); false = fixed β"""
+    target_kl: float = 2.0
+    """target KL(π || π_SFT) per episode in nats (sum over response tokens) for the adaptive controller"""
+    horizon: int = 2000
+    """adaptive controller horizon in episodes"""
+    kl_estimator: str = "k1"
+    """KL estimator in the reward penalty: k1 (log π - log π_ref) or k3 (non-negative); both are logged"""
+    gamma: float = 1.0
+    """GAE discount γ"""
+    lam: float = 0.95
+    """GAE λ"""
+    clip_eps: float = 0.2
+    """PPO ratio clip ε"""
+    vf_clip: float = 0.2
+    """value clip range around the rollout values"""
+    vf_coef: float = 0.1
+    """value-loss weight when the value head shares the policy trunk"""
+    whiten_advantages: bool = True
+    """whiten advantages over the rollout batch's response tokens"""
+    normalize_reward: bool = True
+    """divide the RM score by the std in the RM checkpoint's meta (its bias is already in the head)"""
+    whiten_rewards: bool = False
+    """rescale scores to unit variance over the batch (mean kept), as lm-human-preferences"""
+    reward_clip: float = 0.0
+    """clip scores to [-c, c] after normalisation (0 = off)"""
+    no_eos_penalty: float = -1.0
+    """score given to responses that never produce <|end|> (see eos_penalty_mode)"""
+    eos_penalty_mode: str = "replace"
+    """replace: the score becomes no_eos_penalty; add: no_eos_penalty is added to the score"""
+    n_prompts: int = 2000
+    """size of the train-split task prompt pool"""
+    families: list[str] | None = None
+    """task families to draw prompts from (None = all)"""
+    ptx_coef: float = 0.0
+    """γ of PPO-ptx (InstructGPT eq. 2): weight of the pre-training LM loss; 0 = plain PPO"""
+    ptx_batch: int = 4
+    """pre-training windows per optimizer step when ptx_coef > 0"""
+    ptx_block: int = 128
+    """length of each pre-training window (capped at the model's context)"""
+    samples_to_print: int = 2
+    """samples printed with their score and KL at each log line"""
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "rollout_batch", "epochs", "minibatch", "max_new_tokens", "horizon", "n_prompts"):
+            check_range(f"ppo.{name}", getattr(self, name), 1)
+        check_range("ppo.micro_batch", self.micro_batch, 0)
+        check_range("ppo.temperature", self.temperature, 1e-3)
+        check_range("ppo.beta", self.beta, 0.0)
+        check_range("ppo.target_kl", self.target_kl, 1e-6)
+        check_choice("ppo.kl_estimator", self.kl_estimator, PPO_KL_ESTIMATORS)
+        check_range("ppo.gamma", self.gamma, 0.0, 1.0)
+        check_range("ppo.lam", self.lam, 0.0, 1.0)
+        check_range("ppo.clip_eps", self.clip_eps, 1e-6, 1.0)
+        check_range("ppo.vf_clip", self.vf_clip, 1e-6)
+        check_range("ppo.vf_coef", self.vf_coef, 0.0)
+        check_range("ppo.reward_clip", self.reward_clip, 0.0)
+        check_choice("ppo.eos_penalty_mode", self.eos_penalty_mode, PPO_EOS_PENALTY_MODES)
+        check_range("ppo.ptx_coef", self.ptx_coef, 0.0)
+        check_range("ppo.ptx_batch", self.ptx_batch, 1)
+        check_range("ppo.ptx_block", self.ptx_block, 2)
+        check_range("ppo.samples_to_print", self.samples_to_print, 0)
+        if self.rollout_batch % self.minibatch:
+            raise ValueError(
+                f"ppo.rollout_batch={self.rollout_batch} is not a multiple of ppo.minibatch={self.minibatch}"
+            )
+        if self.micro_batch and self.minibatch % self.micro_batch:
+            raise ValueError(f"ppo.minibatch={self.minibatch} is not a multiple of ppo.micro_batch={self.micro_batch}")
+
+
+@config_class
+class ValueConfig:
+    """The critic."""
+
+    share_trunk: bool = False
+    """value head on the policy trunk (with_head) instead of a separate critic initialised from the RM"""
+    lr: float = 1e-4
+    """learning rate of the separate critic"""
+
+
+@config_class
+class PPOConfig:
+    """`picochat ppo`: RLHF with PPO (and PPO-ptx) from an SFT policy and a reward model."""
+
+    policy: str = ""
+    """SFT checkpoint: the initial policy and the frozen reference (also --policy)"""
+    rm: str = ""
+    """reward-model checkpoint (also --rm)"""
+    data_dir: str = ""
+    """pre-training shards for PPO-ptx (a `picochat tokenizer` data dir; also --data-dir)"""
+    ppo: PPOHParams = field(default_factory=PPOHParams)
+    value: ValueConfig = field(default_factory=ValueConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=2e-5, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, max_steps=1)
+    )
+    """policy optimizer (max_steps is derived: iterations × epochs × rollout_batch/minibatch)"""
+    run: RunConfig = field(default_factory=lambda: RunConfig(log_every=1, save_every=10, eval_every=1000))
+    """seed, device, dtype; log_every and save_every count PPO iterations (save also keeps a snapshot)"""
+
+
+@config_class
+class CollectConfig:
+    """`picochat collect`: sample K answers per prompt from a policy and rank them with the gold labeler."""
+
+    policy: str = ""
+    """policy checkpoint to sample from (the SFT model); also set with --policy"""
+    k: int = 4
+    """answers per prompt, 4..9 (InstructGPT section 3.5)"""
+    n_prompts: int = 512
+    """task prompts to sample for"""
+    split: str = "train"
+    """task split: train or heldout (held-out templates and values)"""
+    seed: int = 0
+    """seed for the tasks, the sampling and the labeler noise"""
+    temperature: float = 1.0
+    """sampling temperature"""
+    noise: float = 0.0
+    """Bradley-Terry (Gumbel) labeler noise; 0 = perfect gold labeler, 0.4 = about 75% agreement"""
+    max_new_tokens: int = 48
+    """longest answer in tokens"""
+    batch_prompts: int = 16
+    """prompts per generation batch (each gives k rows)"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps"""
+
+    def __post_init__(self) -> None:
+        check_range("k", self.k, 4, 9)
+        check_range("n_prompts", self.n_prompts, 1)
+        check_choice("split", self.split, ("train", "heldout"))
+        check_range("temperature", self.temperature, 0.0)
+        check_range("noise", self.noise, 0.0)
+        check_range("max_new_tokens", self.max_new_tokens, 1)
+        check_range("batch_prompts", self.batch_prompts, 1)
+
+
+@config_class
+class RewardConfig:
+    """`picochat rm`: a reward model on K-way rankings, all K-choose-2 pairs per prompt (InstructGPT eq. 1)."""
+
+    sft: str = ""
+    """SFT checkpoint the reward model starts from; also set with --ckpt"""
+    data: list[str] = field(default_factory=list)
+    """training ranking/pairwise JSONL files (gold and human); empty = collect them from the SFT policy"""
+    heldout: str = ""
+    """held-out ranking JSONL for the accuracy headline; empty = collect on the tasks' heldout split"""
+    shift: str = ""
+    """ranking JSONL from a different policy (distribution shift); empty = collect one"""
+    shift_policy: str = ""
+    """policy for the collected shift set (empty = the SFT model at shift_temperature)"""
+    shift_temperature: float = 1.5
+    """sampling temperature of the collected shift set"""
+    n_heldout: int = 128
+    """prompts collected for each of the held-out and shift sets"""
+    margin: float = 0.0
+    """required score gap: loss -log sigmoid(r_w - r_l - margin)"""
+    label_smoothing: float = 0.0
+    """probability that a ranked pair is flipped (conservative loss for noisy labels), in [0, 0.5)"""
+    calibration_bins: int = 10
+    """bins of predicted P(w beats l) in the calibration data"""
+    score_batch: int = 64
+    """sequences per forward pass when scoring for evaluation and normalisation"""
+    collect: CollectConfig = field(default_factory=lambda: CollectConfig(n_prompts=1024))
+    """sampling settings when the training set is collected (policy = sft)"""
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=20, max_steps=300, batch_size=16)
+    )
+    """optimizer; batch_size counts prompts (each with its K answers)"""
+    run: RunConfig = field(default_factory=lambda: RunConfig(eval_every=100, save_every=100, log_every=20))
+    """where and how the run executes"""
+
+    def __post_init__(self) -> None:
+        check_range("margin", self.margin, 0.0)
+        check_range("label_smoothing", self.label_smoothing, 0.0, 0.499)
+        check_range("shift_temperature", self.shift_temperature, 0.0)
+        check_range("n_heldout", self.n_heldout, 1)
+        check_range("calibration_bins", self.calibration_bins, 2)
+        check_range("score_batch", self.score_batch, 1)
+
+
+TASK_FORMATS = ("classification", "entailment", "similarity", "multiple_choice")
+
+
+@config_class
+class FinetuneConfig:
+    """`picochat finetune`: GPT-1 fine-tuning of a base checkpoint with a linear head (GPT-1 eq. 3-5)."""
+
+    ckpt: str = ""
+    """base checkpoint directory (also --ckpt)"""
+    task: str = "sentiment"
+    """built-in task: sentiment, nli, paraphrase, cloze (also --task); ignored when data is given"""
+    task_seed: int = 0
+    """seed of the built-in task generator (fixes its train/test split)"""
+    data: str = ""
+    """your own task JSONL (also --data); rows as in picochat.data.gpt1_tasks"""
+    test_data: str = ""
+    """held-out JSONL for --data (empty = hold out test_fraction of the rows)"""
+    test_fraction: float = 0.2
+    """share of --data rows held out when no test_data is given"""
+    format: str = ""
+    """format of --data: classification, entailment, similarity, multiple_choice (empty = infer)"""
+    aux_lm_weight: float = 0.5
+    """λ in GPT-1 eq. 5: weight of the auxiliary LM loss on the task sequences (0 = off)"""
+    max_len: int = 128
+    """longest task sequence in tokens (texts are cut from the left so the extract token survives)"""
+    eval_batch_size: int = 64
+    """examples per forward pass when evaluating"""
+    eval_train_examples: int = 500
+    """training examples re-scored at the end for the train accuracy"""
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            lr=5e-4, warmup_steps=10, max_steps=150, batch_size=32, weight_decay=0.01
+        )
+    )
+    """optimizer; batch_size counts examples"""
+    run: RunConfig = field(default_factory=lambda: RunConfig(log_every=25, eval_every=1000, save_every=1000))
+    """where and how the run executes"""
+
+    def __post_init__(self) -> None:
+        check_range("aux_lm_weight", self.aux_lm_weight, 0.0)
+        check_range("max_len", self.max_len, 4)
+        check_range("test_fraction", self.test_fraction, 0.01, 0.9)
+        check_range("eval_batch_size", self.eval_batch_size, 1)
+        check_range("eval_train_examples", self.eval_train_examples, 0)
+        if self.format:
+            check_choice("format", self.format, TASK_FORMATS)
+
+
+@config_class
+class EvalConfig:
+    """`picochat eval`: bits per byte vs a bigram baseline, zero-/few-shot accuracy, fine-tuned accuracy."""
+
+    ckpt: str = ""
+    """checkpoint to evaluate (also --ckpt)"""
+    data_dir: str = ""
+    """token shards for bits per byte and the bigram baseline (a `picochat tokenizer` data dir; also --data-dir)"""
+    tasks: list[str] = field(default_factory=lambda: ["sentiment", "nli", "paraphrase", "cloze"])
+    """zero-/few-shot tasks (also --tasks a,b)"""
+    shots: list[int] = field(default_factory=lambda: [0, 1, 4])
+    """demonstrations in the prompt, GPT-3 style (also --shots 0,1,4)"""
+    n: int = 100
+    """test examples per task for zero-/few-shot"""
+    max_lm_tokens: int = 0
+    """cap on held-out tokens for bits per byte (0 = the whole split)"""
+    finetune_dir: str = ""
+    """directory of finetune runs (<task>/summary.json) to add to the table (also --finetune-dir)"""
+    batch_size: int = 16
+    """sequences per forward pass"""
+    seed: int = 0
+    """seed for choosing test examples and demonstrations"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps"""
+
+    def __post_init__(self) -> None:
+        check_range("n", self.n, 1)
+        check_range("max_lm_tokens", self.max_lm_tokens, 0)
+        check_range("batch_size", self.batch_size, 1)
+        for k in self.shots:
+            check_range("shots", k, 0, 64)
+
+
+SFT_DATA_MODES = ("extend", "replace")
+
+
+def _sft_optim() -> OptimConfig:
+    return OptimConfig(lr=1e-3, warmup_steps=10, max_steps=120, batch_size=16)
+
+
+def _sft_run() -> RunConfig:
+    return RunConfig(log_every=10, eval_every=40, eval_batches=4, save_every=40)
+
+
+@config_class
+class SFTConfig:
+    """`picochat sft`: supervised fine-tuning of a base checkpoint on chat demonstrations."""
+
+    ckpt: str = ""
+    """base checkpoint directory (e.g. runs/tiny/pretrain/ckpt); also --ckpt"""
+    data: str = ""
+    """JSONL file, one {"messages": [{"role", "content"}, ...]} per line; also --data"""
+    data_mode: str = "extend"
+    """'extend': add --data to the embedded mix; 'replace': train on --data alone"""
+    n_task_demos: int = 6000
+    """demonstrations of the checkable tasks (train split) in the mix"""
+    n_chitchat: int = 1500
+    """chitchat-dataset conversations in the mix"""
+    n_chatterbot: int = 2000
+    """chatterbot-corpus Q/A conversations in the mix (at most what the corpus has)"""
+    max_turns: int = 4
+    """chitchat conversations are cut to their first N turns"""
+    ptx_fraction: float = 0.0
+    """fraction of rows that are pre-training windows with the LM loss (0 = off)"""
+    ptx_data: str = ""
+    """pre-training data dir (data.json + train.bin) for ptx rows (default: data/ beside or above --ckpt)"""
+    eval_tasks: int = 140
+    """held-out checkable tasks answered greedily before and after SFT"""
+    eval_max_new_tokens: int = 48
+    """token limit for those answers"""
+    optim: OptimConfig = field(default_factory=_sft_optim)
+    run: RunConfig = field(default_factory=_sft_run)
+
+    def __post_init__(self) -> None:
+        check_choice("data_mode", self.data_mode, SFT_DATA_MODES)
+        for name in ("n_task_demos", "n_chitchat", "n_chatterbot"):
+            check_range(name, getattr(self, name), 0)
+        check_range("max_turns", self.max_turns, 2)
+        check_range("ptx_fraction", self.ptx_fraction, 0.0, 0.9)
+        check_range("eval_tasks", self.eval_tasks, 1)
+        check_range("eval_max_new_tokens", self.eval_max_new_tokens, 1)
+
+
 # ---------------------------------------------------------------------------------------------------
 # loading, overriding, saving
 

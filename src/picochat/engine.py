@@ -139,12 +139,13 @@ class Engine:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
         ids, pad_mask = left_pad(prompt_lists, self.tok.eot_id, self.device)
+        n_ids = self.tok.vocab_size  # embedding rows past the tokenizer (padding to 64) are never sampled
         cache = KVCache.empty(
             self.model.config, len(prompt_lists), ids.shape[1] + max_new, self.device,
             self.autocast_dtype or next(self.model.parameters()).dtype,
         )  # fmt: skip
         with self._autocast():
-            logits = self.model(ids, pad_mask=pad_mask, cache=cache)[0][:, -1]  # (B, V)
+            logits = self.model(ids, pad_mask=pad_mask, cache=cache)[0][:, -1, :n_ids]  # (B, V)
         if num_samples > 1:
             cache = cache.repeat_rows(num_samples)
             logits = logits.repeat_interleave(num_samples, dim=0)
@@ -159,7 +160,7 @@ class Engine:
             if not alive.all():
                 rows, token, cache = rows[alive], token[alive], cache.select_rows(alive)
             with self._autocast():
-                logits = self.model(token[:, None], cache=cache)[0][:, -1]
+                logits = self.model(token[:, None], cache=cache)[0][:, -1, :n_ids]
 
     def generate_ids(
         self,

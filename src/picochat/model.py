@@ -355,7 +355,7 @@ class GPT(nn.Module):
         if targets is None:
             return logits, None
         loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX
+            logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
         return logits, loss
 

@@ -321,6 +321,7 @@ class Trainer:
         self.dtype = resolve_dtype(self.run_cfg.dtype, self.device)
         self.model.to(self.device)
         self.module = self.wrap(self.model)
+        self.sharded = self.dist.enabled and self.run_cfg.parallel == "fsdp"
         self.optimizer = build_optimizer(self.model, self.optim_cfg, self.device)
         self.state = TrainState()
 
@@ -353,14 +354,19 @@ class Trainer:
 
     # -- checkpointing -------------------------------------------------------------------------------
     def save(self) -> None:
+        model, opt_state = self.model, None
+        if self.sharded:  # FSDP: every rank takes part in gathering the full tensors, rank 0 writes them
+            from picochat.train.parallel import gather_full
+
+            model, opt_state = gather_full(self.model, self.optimizer)
         if not self.dist.is_main:
             return
-        tensors, opt_rest = flatten_optimizer(self.optimizer.state_dict())
+        tensors, opt_rest = flatten_optimizer(opt_state or self.optimizer.state_dict())
         tensors.update(rng_tensors())
         self.state.data = self.source.state_dict()
         trainer_json = {"state": asdict(self.state), "optimizer": opt_rest}
         meta = {**self.meta, "step": self.state.step, "tokens_seen": self.state.tokens_seen}
-        save_checkpoint(self.ckpt_dir, self.model, self.tok, meta=meta, trainer_tensors=tensors, trainer_json=trainer_json)
+        save_checkpoint(self.ckpt_dir, model, self.tok, meta=meta, trainer_tensors=tensors, trainer_json=trainer_json)
 
     def resume(self) -> bool:
         """Load model, optimizer, RNG, data position and TrainState from out_dir/ckpt if it is resumable."""
@@ -368,8 +374,14 @@ class Trainer:
         if loaded is None:
             return False
         tensors, rest = loaded
-        load_model_weights(self.model, self.ckpt_dir / "model.safetensors")
-        self.optimizer.load_state_dict(unflatten_optimizer(tensors, rest["optimizer"]))
+        optim_state = unflatten_optimizer(tensors, rest["optimizer"])
+        if self.sharded:  # FSDP: each rank keeps its shard of the consolidated tensors
+            from picochat.train.parallel import load_full
+
+            load_full(self.model, self.optimizer, self.ckpt_dir / "model.safetensors", optim_state)
+        else:
+            load_model_weights(self.model, self.ckpt_dir / "model.safetensors")
+            self.optimizer.load_state_dict(optim_state)
         restore_rng(tensors)
         self.state = TrainState(**rest["state"])
         self.source.load_state_dict(self.state.data)

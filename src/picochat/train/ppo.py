@@ -1,0 +1,704 @@
+"""RLHF with PPO and PPO-ptx: InstructGPT (Ouyang et al., arXiv 2203.02155) step 3, following the
+lm-human-preferences recipe (Ziegler et al., arXiv 1909.08593) and PPO (Schulman et al., arXiv 1707.06347).
+
+Objective (InstructGPT eq. 2): maximise E[r_θ(x, y) - β·log(π_RL(y|x) / π_SFT(y|x))] + γ·E_pretrain[log π_RL(x)].
+Each iteration runs four phases, one function each:
+  1. rollout: draw task prompts (data.tasks, train split), sample answers with the engine (KV cache,
+     temperature T, stop at <|end|>, at most ppo.max_new_tokens).
+  2. score: one batched forward each for the policy's and the frozen reference's log-probs (from
+     logits / T, the distribution the rollout sampled), the critic's values and the reward model's score
+     on the last token of prompt + answer. The score is divided by the RM's meta std (its bias is in the head); an
+     answer that never produced <|end|> gets the no-EOS penalty (lm-human-preferences).
+  3. advantages: per-token KL-shaped rewards (-β·KL every token, + score on the last), GAE, whitening.
+  4. update: ppo.epochs passes over minibatches (with optional gradient accumulation) of the clipped
+     surrogate + clipped value loss (+ γ·LM loss on pre-training windows for PPO-ptx), stepped through
+     train.loop.optimizer_step (the one place with clipping, LR schedule and the non-finite check).
+Then β follows the adaptive KL controller (or stays fixed) and one metrics record is appended.
+
+Deviations and choices:
+- The critic is a separate GPT initialised from the reward model (InstructGPT §3.5); with a python reward
+  function instead of an RM (toys and tests) it starts from the policy's trunk with a fresh head.
+  `value.share_trunk=true` puts the value head on the policy (one optimizer, loss pg + vf_coef·vf).
+- Dropout is off during PPO (every model is in eval mode), so the first epoch's ratios are exactly 1.
+- The policy LR schedule is the shared warmup+cosine over the derived number of optimizer steps; the
+  default config makes it constant (warmup 0, floor 1.0).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from picochat.checkpoint import (
+    checkpoint_meta,
+    flatten_optimizer,
+    load_checkpoint,
+    load_model_weights,
+    load_trainer_state,
+    save_checkpoint,
+    unflatten_optimizer,
+)
+from picochat.config import OptimConfig, PPOConfig, save_config
+from picochat.data import tasks as task_suite
+from picochat.engine import Engine, SamplingParams
+from picochat.model import GPT, with_head
+from picochat.tokenizer import Tokenizer
+from picochat.train import rl_math
+from picochat.train.loop import (
+    METRICS_FILE,
+    Dist,
+    MetricsLog,
+    NonFiniteError,
+    autocast,
+    build_optimizer,
+    optimizer_step,
+    resolve_device,
+    resolve_dtype,
+    restore_rng,
+    rng_tensors,
+    seed_everything,
+)
+
+RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]  # (user prompts, answers) -> scores
+POLICY_DIR = "ckpt"
+VALUE_DIR = "value"
+SNAPSHOT_DIR = "snapshots"
+
+
+@dataclass(frozen=True, slots=True)
+class PromptPool:
+    """User prompts, their rendered chat ids and (for task prompts) the tasks the gold labeler scores."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    tasks: list[task_suite.Task] | None = None
+
+
+@dataclass
+class Models:
+    """The four models of RLHF: trainable policy (+ critic), frozen reference and reward."""
+
+    policy: GPT
+    ref: GPT
+    critic: GPT | None  # None: the value head sits on the policy trunk
+    tok: Tokenizer
+    rm: GPT | None = None
+    rm_norm: tuple[float, float] = (0.0, 1.0)  # (shift, scale): score = (raw - shift) / scale
+    reward_fn: RewardFn | None = None
+
+
+@dataclass
+class Rollout:
+    """A batch of episodes as one tensor: left-padded prompts (width P) then right-padded answers (width R)."""
+
+    ids: torch.Tensor  # (B, P + R)
+    pad_mask: torch.Tensor  # (B, P + R) bool, True on real tokens
+    mask: torch.Tensor  # (B, R) float, 1 on answer tokens
+    P: int
+    answers: list[list[int]]
+    texts: list[str]  # answers decoded (cut at <|end|>)
+    prompt_index: list[int]
+    ended: torch.Tensor  # (B,) bool: the answer produced <|end|>
+
+
+@dataclass
+class Scored:
+    logprobs: torch.Tensor  # (B, R) policy log-probs at rollout time (the "old" ones)
+    ref_logprobs: torch.Tensor  # (B, R)
+    values: torch.Tensor  # (B, R)
+    score: torch.Tensor  # (B,) final score (normalised, penalised, clipped)
+    rm_score: torch.Tensor  # (B,) normalised reward before the no-EOS penalty
+    entropy: torch.Tensor  # (B, R)
+
+
+@dataclass
+class PPOState:
+    iteration: int = 0
+    step: int = 0  # optimizer steps
+    beta: float = 0.0
+    episodes: int = 0
+    elapsed_s: float = 0.0
+
+
+# -- setup ---------------------------------------------------------------------------------------------
+
+
+def load_reward_model(path: str | Path, device: torch.device) -> tuple[GPT, tuple[float, float]]:
+    """The RM checkpoint (a GPT with a 1-output head) and its normalisation (shift, scale).
+
+    train/reward.py already folds its meta "bias" into the head (reference answers score mean 0), so
+    only the meta "std" is applied here: score = raw / std."""
+    model, _ = load_checkpoint(path, device=device)
+    if model.config.n_head_outputs != 1:
+        raise ValueError(
+            f"{path} is not a reward model: its head has {model.config.n_head_outputs} outputs, expected 1 "
+            "(train one with `picochat rm`)"
+        )
+    meta = checkpoint_meta(path)
+    std = float(meta.get("std", 1.0)) or 1.0
+    return model.requires_grad_(False), (0.0, std)
+
+
+def build_models(
+    cfg: PPOConfig,
+    device: torch.device,
+    policy: GPT | None,
+    tok: Tokenizer | None,
+    reward_fn: RewardFn | None,
+) -> Models:
+    if policy is None or tok is None:
+        if not cfg.policy:
+            raise ValueError("ppo needs an SFT policy: pass --policy runs/NAME/sft/ckpt (or policy=...)")
+        policy, tok = load_checkpoint(cfg.policy, device=device)
+    policy = copy.deepcopy(policy).to(device).eval()  # never mutate the caller's model
+    rm, norm = None, (0.0, 1.0)
+    if reward_fn is None:
+        if not cfg.rm:
+            raise ValueError("ppo needs a reward model: pass --rm runs/NAME/rm/ckpt (or rm=...)")
+        rm, norm = load_reward_model(cfg.rm, device)
+        if not cfg.ppo.normalize_reward:
+            norm = (0.0, 1.0)
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    if cfg.value.share_trunk:
+        policy, critic = with_head(policy, 1).eval(), None
+    else:
+        critic = with_head(rm if rm is not None else policy, 1).eval().requires_grad_(True)
+    return Models(policy=policy, ref=ref, critic=critic, tok=tok, rm=rm, rm_norm=norm, reward_fn=reward_fn)
+
+
+def task_prompt_pool(
+    tok: Tokenizer, n: int, split: str, seed: int, families: Sequence[str] | None
+) -> PromptPool:
+    tasks = task_suite.make_tasks(n, split, seed, families)
+    ids = [tok.render_prompt([{"role": "user", "content": t.prompt}]) for t in tasks]
+    return PromptPool(texts=[t.prompt for t in tasks], ids=ids, tasks=tasks)
+
+
+def text_prompt_pool(tok: Tokenizer, prompts: Sequence[str]) -> PromptPool:
+    if not prompts:
+        raise ValueError("prompts is empty; pass at least one user prompt")
+    return PromptPool(
+        texts=list(prompts), ids=[tok.render_prompt([{"role": "user", "content": p}]) for p in prompts]
+    )
+
+
+# -- phase 1: rollout ------------------------------------------------------------------------------------
+
+
+def rollout(
+    models: Models, pool: PromptPool, cfg: PPOConfig, iteration: int, dtype: torch.dtype | None
+) -> Rollout:
+    """Sample one answer for each of ppo.rollout_batch random prompts and pack them into one tensor."""
+    hp, tok = cfg.ppo, models.tok
+    gen = torch.Generator().manual_seed(cfg.run.seed * 100_003 + iteration)
+    index = torch.randint(len(pool.ids), (hp.rollout_batch,), generator=gen).tolist()
+    block = models.policy.config.block_size
+    max_new = min(hp.max_new_tokens, block - 2)
+    prompts = [pool.ids[i][-(block - max_new) :] for i in index]
+    end_id = tok.special_id("<|end|>")
+    params = SamplingParams(max_new_tokens=max_new, temperature=hp.temperature)
+    engine = Engine(models.policy, tok, autocast_dtype=dtype)
+    answers = engine.generate_ids(prompts, params, stop_ids=[end_id], seed=cfg.run.seed * 7919 + iteration)
+    P, R = max(map(len, prompts)), max(map(len, answers))
+    B = len(prompts)
+    ids = torch.full((B, P + R), tok.eot_id, dtype=torch.long)
+    pad_mask = torch.zeros(B, P + R, dtype=torch.bool)
+    for b, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        ids[b, P - len(p) : P] = torch.tensor(p)
+        ids[b, P : P + len(a)] = torch.tensor(a)
+        pad_mask[b, P - len(p) : P + len(a)] = True
+    device = models.policy.lm_head.weight.device
+    return Rollout(
+        ids=ids.to(device), pad_mask=pad_mask.to(device), mask=pad_mask[:, P:].float().to(device), P=P,
+        answers=answers, texts=[engine.decode_completion(a) for a in answers], prompt_index=index,
+        ended=torch.tensor([bool(a) and a[-1] == end_id for a in answers], device=device),
+    )  # fmt: skip
+
+
+# -- phase 2: score ----------------------------------------------------------------------------------------
+
+
+def response_outputs(
+    model: GPT, ids: torch.Tensor, pad_mask: torch.Tensor, P: int, logits: bool, values: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """LM logits (B, R, V) predicting each answer token and/or head values (B, R) of the state before it."""
+    hidden = model.hidden(ids, pad_mask=pad_mask)[:, P - 1 : -1]  # (B, R, C): positions P-1 .. P+R-2
+    out_logits = model.lm_head(hidden) if logits else None
+    out_values = model.head_outputs(hidden)[..., 0].float() if values else None
+    return out_logits, out_values
+
+
+def policy_values(
+    models: Models, ro: Rollout, ids: torch.Tensor, pad_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(policy logits, values) for a (sub)batch, from one forward when the trunk is shared."""
+    if models.critic is None:
+        logits, values = response_outputs(models.policy, ids, pad_mask, ro.P, True, True)
+    else:
+        logits, _ = response_outputs(models.policy, ids, pad_mask, ro.P, True, False)
+        _, values = response_outputs(models.critic, ids, pad_mask, ro.P, False, True)
+    return logits, values
+
+
+def reward_scores(models: Models, pool: PromptPool, ro: Rollout) -> torch.Tensor:
+    """(B,) normalised reward: the RM head on the last real token, or the python reward function."""
+    if models.reward_fn is not None:
+        raw = models.reward_fn([pool.texts[i] for i in ro.prompt_index], ro.texts)
+        return torch.tensor([float(r) for r in raw], device=ro.ids.device)
+    assert models.rm is not None
+    hidden = models.rm.hidden(ro.ids, pad_mask=ro.pad_mask)  # (B, P+R, C)
+    last = ro.P + ro.mask.sum(1).long() - 1  # (B,)
+    raw = models.rm.head_outputs(hidden[torch.arange(len(last)), last])[:, 0].float()  # (B,)
+    bias, std = models.rm_norm
+    return (raw - bias) / std
+
+
+def penalised(rm_score: torch.Tensor, ended: torch.Tensor, cfg: PPOConfig) -> torch.Tensor:
+    """No-EOS penalty, then optional whitening (scale only) and clipping of the scores."""
+    hp = cfg.ppo
+    penalty = torch.full_like(rm_score, hp.no_eos_penalty)
+    fallback = penalty if hp.eos_penalty_mode == "replace" else rm_score + penalty
+    score = torch.where(ended, rm_score, fallback)
+    if hp.whiten_rewards and len(score) > 1:
+        score = rl_math.masked_whiten(score, torch.ones_like(score), shift_mean=False)
+    if hp.reward_clip > 0:
+        score = score.clamp(-hp.reward_clip, hp.reward_clip)
+    return score
+
+
+@torch.no_grad()
+def score_rollout(models: Models, pool: PromptPool, ro: Rollout, cfg: PPOConfig, dev_dtype: Any) -> Scored:
+    device, dtype = dev_dtype
+    T = cfg.ppo.temperature
+    targets = ro.ids[:, ro.P :]
+    with autocast(device, dtype):
+        logits, values = policy_values(models, ro, ro.ids, ro.pad_mask)
+        ref_logits, _ = response_outputs(models.ref, ro.ids, ro.pad_mask, ro.P, True, False)
+        rm_score = reward_scores(models, pool, ro)
+    return Scored(
+        logprobs=rl_math.logprobs_from_logits(logits, targets, T) * ro.mask,
+        ref_logprobs=rl_math.logprobs_from_logits(ref_logits, targets, T) * ro.mask,
+        values=values * ro.mask, score=penalised(rm_score, ro.ended, cfg), rm_score=rm_score,
+        entropy=rl_math.entropy_from_logits(logits, T),
+    )  # fmt: skip
+
+
+# -- phase 3: advantages -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Advantages:
+    rewards: torch.Tensor  # (B, R)
+    kl: torch.Tensor  # (B, R) estimator used in the reward
+    advantages: torch.Tensor  # (B, R)
+    returns: torch.Tensor  # (B, R)
+
+
+def compute_advantages(sc: Scored, mask: torch.Tensor, cfg: PPOConfig, beta: float) -> Advantages:
+    hp = cfg.ppo
+    rewards, kl = rl_math.kl_shaped_rewards(
+        sc.score, sc.logprobs, sc.ref_logprobs, mask, beta, hp.kl_estimator
+    )
+    advantages, returns = rl_math.gae(rewards, sc.values, mask, hp.gamma, hp.lam)
+    if hp.whiten_advantages:
+        advantages = rl_math.masked_whiten(advantages, mask)
+    return Advantages(rewards=rewards, kl=kl, advantages=advantages, returns=returns)
+
+
+# -- phase 4: update ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Optimizers:
+    policy: torch.optim.Optimizer
+    critic: torch.optim.Optimizer | None
+    policy_sched: OptimConfig
+    critic_sched: OptimConfig
+
+
+def ptx_loss(policy: GPT, windows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy on pre-training windows = -E_pretrain[log π(x)]."""
+    x, y = (t.to(policy.lm_head.weight.device) for t in windows)
+    logits, _ = policy(x)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+
+def minibatch_step(
+    models: Models, opt: Optimizers, ro: Rollout, sc: Scored, adv: Advantages, rows: torch.Tensor,
+    cfg: PPOConfig, state: PPOState, dev_dtype: Any, ptx_batch: Any,
+) -> dict[str, float]:  # fmt: skip
+    """One optimizer step on the episodes `rows`, split into micro-batches whose gradients add up."""
+    hp, (device, dtype) = cfg.ppo, dev_dtype
+    micro = hp.micro_batch or len(rows)
+    n_tokens = float(ro.mask[rows].sum())
+    vf_weight = hp.vf_coef if models.critic is None else 1.0
+    totals: dict[str, float] = {}
+    for start in range(0, len(rows), micro):
+        j = rows[start : start + micro]
+        with autocast(device, dtype):
+            logits, values = policy_values(models, ro, ro.ids[j], ro.pad_mask[j])
+        new_logprobs = rl_math.logprobs_from_logits(logits, ro.ids[j, ro.P :], hp.temperature)
+        losses = rl_math.ppo_losses(
+            new_logprobs, sc.logprobs[j], adv.advantages[j], values, sc.values[j], adv.returns[j],
+            ro.mask[j], hp.clip_eps, hp.vf_clip, n_tokens=n_tokens,
+        )  # fmt: skip
+        (losses.pg_loss + vf_weight * losses.vf_loss).backward()
+        weight = losses.stats["n_tokens"] / max(n_tokens, 1.0)
+        totals["pg_loss"] = totals.get("pg_loss", 0.0) + float(losses.pg_loss.detach())
+        totals["value_loss"] = totals.get("value_loss", 0.0) + float(losses.vf_loss.detach())
+        for k in ("clipfrac", "approx_kl", "approx_kl_k1", "vf_clipfrac"):
+            totals[k] = totals.get(k, 0.0) + losses.stats[k] * weight
+    if ptx_batch is not None:
+        with autocast(device, dtype):
+            lm = ptx_loss(models.policy, ptx_batch)
+        (hp.ptx_coef * lm).backward()
+        totals["ptx_loss"] = float(lm.detach())
+    gnorm, lr = optimizer_step(models.policy, opt.policy, state.step, opt.policy_sched)
+    if models.critic is not None and opt.critic is not None:
+        totals["value_gnorm"], _ = optimizer_step(models.critic, opt.critic, state.step, opt.critic_sched)
+    if not math.isfinite(gnorm) or not math.isfinite(totals["pg_loss"]):
+        raise NonFiniteError(
+            f"non-finite PPO loss or gradient at iteration {state.iteration + 1}, step {state.step}; "
+            "lower optim.lr or raise ppo.beta"
+        )
+    state.step += 1
+    return {**totals, "gnorm": gnorm, "lr": lr}
+
+
+def ppo_update(
+    models: Models, opt: Optimizers, ro: Rollout, sc: Scored, adv: Advantages, cfg: PPOConfig,
+    state: PPOState, dev_dtype: Any, ptx_source: Any,
+) -> dict[str, float]:  # fmt: skip
+    """ppo.epochs passes over shuffled minibatches; returns the stats averaged over all steps."""
+    hp = cfg.ppo
+    gen = torch.Generator().manual_seed(cfg.run.seed * 31337 + state.iteration)
+    sums: dict[str, float] = {}
+    n_steps = 0
+    for _ in range(hp.epochs):
+        perm = torch.randperm(hp.rollout_batch, generator=gen).to(ro.ids.device)
+        for start in range(0, hp.rollout_batch, hp.minibatch):
+            ptx_batch = ptx_source.next_batch() if ptx_source is not None else None
+            stats = minibatch_step(
+                models, opt, ro, sc, adv, perm[start : start + hp.minibatch], cfg, state, dev_dtype, ptx_batch
+            )
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_steps += 1
+    return {k: v / n_steps for k, v in sums.items()}
+
+
+# -- one iteration, metrics, samples -------------------------------------------------------------------------
+
+
+def gold_scores(pool: PromptPool, ro: Rollout) -> list[float]:
+    if pool.tasks is None:
+        return []
+    return [task_suite.score(pool.tasks[i], text) for i, text in zip(ro.prompt_index, ro.texts, strict=True)]
+
+
+def iteration_record(
+    ro: Rollout, sc: Scored, adv: Advantages, gold: list[float], upd: dict[str, float], beta: float,
+    timing: dict[str, float],
+) -> dict[str, float]:  # fmt: skip
+    m = ro.mask
+    k1 = rl_math.kl_per_token(sc.logprobs, sc.ref_logprobs, "k1") * m
+    k3 = rl_math.kl_per_token(sc.logprobs, sc.ref_logprobs, "k3") * m
+    rec = {
+        "ppo/reward_rm": float(sc.rm_score.mean()), "ppo/score": float(sc.score.mean()),
+        "ppo/gold_score": sum(gold) / len(gold) if gold else float("nan"),
+        "ppo/kl_k1": float(k1.sum(1).mean()), "ppo/kl_k3": float(k3.sum(1).mean()),
+        "ppo/entropy": float(rl_math.masked_mean(sc.entropy, m)),
+        "ppo/clipfrac": upd["clipfrac"], "ppo/approx_kl": upd["approx_kl"],
+        "ppo/approx_kl_k1": upd["approx_kl_k1"], "ppo/pg_loss": upd["pg_loss"],
+        "ppo/value_loss": upd["value_loss"], "ppo/vf_clipfrac": upd["vf_clipfrac"],
+        "ppo/explained_var": rl_math.explained_variance(sc.values, adv.returns, m),
+        "ppo/response_len": float(m.sum(1).mean()), "ppo/eos_frac": float(ro.ended.float().mean()),
+        "ppo/beta": beta, "ppo/return_mean": float(rl_math.masked_mean(adv.returns, m)),
+        "ppo/gnorm": upd["gnorm"], "lr": upd["lr"],
+        "rollout/tok_s": float(m.sum()) / max(timing["rollout"], 1e-9),
+        "update/tok_s": timing["update_tokens"] / max(timing["update"], 1e-9),
+    }  # fmt: skip
+    if "ptx_loss" in upd:
+        rec["ppo/ptx_loss"] = upd["ptx_loss"]
+    return rec
+
+
+def sample_lines(pool: PromptPool, ro: Rollout, sc: Scored, n: int) -> list[str]:
+    kl = (rl_math.kl_per_token(sc.logprobs, sc.ref_logprobs, "k1") * ro.mask).sum(1)
+    lines = []
+    for b in range(min(n, len(ro.texts))):
+        lines.append(
+            f"  [{pool.texts[ro.prompt_index[b]]!r}] -> {ro.texts[b]!r} "
+            f"(score {float(sc.score[b]):+.3f}, kl {float(kl[b]):.3f})"
+        )
+    return lines
+
+
+def log_line(rec: dict[str, Any], total: int) -> str:
+    return (
+        f"iter {rec['iteration']}/{total} | rm {rec['ppo/reward_rm']:+.3f} | gold {rec['ppo/gold_score']:.3f} | "
+        f"kl {rec['ppo/kl_k1']:.3f} (k3 {rec['ppo/kl_k3']:.3f}) | β {rec['ppo/beta']:.4f} | "
+        f"clip {rec['ppo/clipfrac']:.3f} | ev {rec['ppo/explained_var']:.2f} | len {rec['ppo/response_len']:.1f} | "
+        f"rollout {rec['rollout/tok_s']:.0f} tok/s | update {rec['update/tok_s']:.0f} tok/s"
+    )
+
+
+def ppo_iteration(
+    models: Models, opt: Optimizers, pool: PromptPool, cfg: PPOConfig, state: PPOState, dev_dtype: Any,
+    ptx_source: Any,
+) -> tuple[dict[str, float], list[str]]:  # fmt: skip
+    t0 = time.perf_counter()
+    ro = rollout(models, pool, cfg, state.iteration, dev_dtype[1])
+    t1 = time.perf_counter()
+    sc = score_rollout(models, pool, ro, cfg, dev_dtype)
+    adv = compute_advantages(sc, ro.mask, cfg, state.beta)
+    t2 = time.perf_counter()
+    upd = ppo_update(models, opt, ro, sc, adv, cfg, state, dev_dtype, ptx_source)
+    t3 = time.perf_counter()
+    update_tokens = float(ro.pad_mask.sum()) * cfg.ppo.epochs
+    timing = {"rollout": t1 - t0, "update": t3 - t2, "update_tokens": update_tokens}
+    rec = iteration_record(ro, sc, adv, gold_scores(pool, ro), upd, state.beta, timing)
+    return rec, sample_lines(pool, ro, sc, cfg.ppo.samples_to_print)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------------
+
+
+def save_ppo(out_dir: Path, models: Models, opt: Optimizers, state: PPOState, meta: dict[str, Any]) -> None:
+    tensors, rest = flatten_optimizer(opt.policy.state_dict())
+    tensors.update(rng_tensors())
+    trainer_json = {"state": asdict(state), "optimizer": rest}
+    meta = {**meta, "iteration": state.iteration, "beta": state.beta}
+    save_checkpoint(
+        out_dir / POLICY_DIR,
+        models.policy,
+        models.tok,
+        meta=meta,
+        trainer_tensors=tensors,
+        trainer_json=trainer_json,
+    )
+    if models.critic is not None and opt.critic is not None:
+        v_tensors, v_rest = flatten_optimizer(opt.critic.state_dict())
+        save_checkpoint(
+            out_dir / VALUE_DIR, models.critic, models.tok, meta={"kind": "value", "iteration": state.iteration},
+            trainer_tensors=v_tensors, trainer_json={"optimizer": v_rest},
+        )  # fmt: skip
+
+
+def resume_ppo(out_dir: Path, models: Models, opt: Optimizers) -> PPOState | None:
+    loaded = load_trainer_state(out_dir / POLICY_DIR)
+    if loaded is None:
+        return None
+    tensors, rest = loaded
+    load_model_weights(models.policy, out_dir / POLICY_DIR / "model.safetensors")
+    opt.policy.load_state_dict(unflatten_optimizer(tensors, rest["optimizer"]))
+    restore_rng(tensors)
+    if models.critic is not None and opt.critic is not None:
+        v_loaded = load_trainer_state(out_dir / VALUE_DIR)
+        if v_loaded is None:
+            raise FileNotFoundError(
+                f"{out_dir / VALUE_DIR} is missing or not resumable; rerun without --resume"
+            )
+        load_model_weights(models.critic, out_dir / VALUE_DIR / "model.safetensors")
+        opt.critic.load_state_dict(unflatten_optimizer(v_loaded[0], v_loaded[1]["optimizer"]))
+    return PPOState(**rest["state"])
+
+
+# -- the stage ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PPOPlan:
+    """Derived numbers, printed at the start (never written back into the config)."""
+
+    policy_params: int
+    critic: str
+    optimizer_steps: int
+    steps_per_iteration: int
+    episodes: int
+    device: str
+    dtype: str
+    ptx: bool
+
+
+def make_optimizers(models: Models, cfg: PPOConfig, device: torch.device) -> tuple[Optimizers, PPOPlan]:
+    hp = cfg.ppo
+    per_iter = hp.epochs * (hp.rollout_batch // hp.minibatch)
+    total = hp.iterations * per_iter
+    sched = replace(cfg.optim, max_steps=total)
+    critic_sched = replace(sched, lr=cfg.value.lr)
+    models.policy.requires_grad_(True)
+    opt = Optimizers(
+        policy=build_optimizer(models.policy, sched, device),
+        critic=build_optimizer(models.critic, critic_sched, device) if models.critic is not None else None,
+        policy_sched=sched, critic_sched=critic_sched,
+    )  # fmt: skip
+    plan = PPOPlan(
+        policy_params=models.policy.num_params(),
+        critic="shared trunk" if models.critic is None else f"separate ({models.critic.num_params()} params)",
+        optimizer_steps=total, steps_per_iteration=per_iter, episodes=hp.iterations * hp.rollout_batch,
+        device=str(device), dtype="", ptx=hp.ptx_coef > 0,
+    )  # fmt: skip
+    return opt, plan
+
+
+def open_ptx(cfg: PPOConfig, data_dir: str, block_size: int, tok: Tokenizer) -> tuple[Any, Any]:
+    """(random train windows for PPO-ptx or None, fixed validation windows for held-out LM loss or None)."""
+    if not data_dir:
+        if cfg.ppo.ptx_coef > 0:
+            raise ValueError("ppo.ptx_coef > 0 needs pre-training shards: pass --data-dir runs/NAME/data")
+        return None, None
+    from picochat.data.shards import RandomWindows, eval_windows
+    from picochat.train.pretrain import open_data
+
+    data = open_data(Path(data_dir))
+    if data.tok.identity() != tok.identity():
+        raise ValueError(
+            f"{data_dir}/tokenizer.json is not the policy's tokenizer; pass the data dir of this run"
+        )
+    block = min(cfg.ppo.ptx_block, block_size)
+    source = (
+        RandomWindows(data.train_ids, block, cfg.ppo.ptx_batch, seed=cfg.run.seed)
+        if cfg.ppo.ptx_coef > 0
+        else None
+    )
+    return source, eval_windows(data.val_ids, block, cfg.ppo.ptx_batch, 4)
+
+
+@torch.no_grad()
+def heldout_lm_loss(policy: GPT, windows: Any, dev_dtype: Any) -> float:
+    device, dtype = dev_dtype
+    with autocast(device, dtype):
+        losses = [float(ptx_loss(policy, w)) for w in windows]
+    return sum(losses) / len(losses)
+
+
+def ppo(
+    cfg: PPOConfig,
+    out_dir: str | Path,
+    *,
+    dist: Dist | None = None,
+    resume: bool = False,
+    policy: GPT | None = None,
+    tok: Tokenizer | None = None,
+    reward_fn: RewardFn | None = None,
+    prompts: Sequence[str] | None = None,
+    data_dir: str | Path | None = None,
+) -> tuple[GPT, dict[str, Any]]:
+    """Run PPO; writes out_dir/{ckpt, value, snapshots/iter_N, metrics.jsonl, config.toml, summary.json}.
+
+    `policy`/`tok` replace cfg.policy, `reward_fn(prompts, answers)` replaces the reward model and `prompts`
+    (user messages) replace the task prompt pool (toys and tests; gold scores then are NaN).
+    """
+    dist = dist or Dist(device=resolve_device(cfg.run.device))
+    if dist.enabled:
+        raise ValueError("ppo runs on one process; launch it without torchrun")
+    out_dir = Path(out_dir)
+    save_config(cfg, out_dir / "config.toml")
+    seed_everything(cfg.run.seed)
+    device = dist.device
+    dev_dtype = (device, resolve_dtype(cfg.run.dtype, device))
+    models = build_models(cfg, device, policy, tok, reward_fn)
+    families = cfg.ppo.families
+    pool = (
+        text_prompt_pool(models.tok, prompts)
+        if prompts
+        else task_prompt_pool(models.tok, cfg.ppo.n_prompts, "train", cfg.run.seed, families)
+    )
+    ptx_source, val_windows = open_ptx(
+        cfg, str(data_dir or cfg.data_dir), models.policy.config.block_size, models.tok
+    )
+    opt, plan = make_optimizers(models, cfg, device)
+    plan = replace(plan, dtype=str(dev_dtype[1] or torch.float32).replace("torch.", ""))
+    print("plan: " + ", ".join(f"{k}={v}" for k, v in asdict(plan).items()))
+    state = (resume_ppo(out_dir, models, opt) if resume else None) or PPOState(beta=cfg.ppo.beta)
+    kl_ctl: Any = (
+        rl_math.AdaptiveKLController(state.beta, cfg.ppo.target_kl, cfg.ppo.horizon)
+        if cfg.ppo.adaptive_kl else rl_math.FixedKLController(state.beta)
+    )  # fmt: skip
+    log = MetricsLog(out_dir / METRICS_FILE, True, state.step if resume and state.iteration else None)
+    meta = {"stage": "ppo", "policy": cfg.policy, "rm": cfg.rm, "ptx_coef": cfg.ppo.ptx_coef}
+    val_start = heldout_lm_loss(models.ref, val_windows, dev_dtype) if val_windows else None
+    summary = run_iterations(models, opt, pool, cfg, state, kl_ctl, dev_dtype, ptx_source, log, out_dir, meta)
+    if val_windows:
+        summary["ptx/heldout_lm_loss_sft"] = val_start
+        summary["ptx/heldout_lm_loss_rl"] = heldout_lm_loss(models.policy, val_windows, dev_dtype)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"ppo: wrote {out_dir / POLICY_DIR}, {out_dir / METRICS_FILE}, {out_dir / 'summary.json'}")
+    return models.policy, summary
+
+
+def run_iterations(
+    models: Models, opt: Optimizers, pool: PromptPool, cfg: PPOConfig, state: PPOState, kl_ctl: Any,
+    dev_dtype: Any, ptx_source: Any, log: MetricsLog, out_dir: Path, meta: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The outer loop: iterate, update β, log, checkpoint (and snapshot) every run.save_every iterations."""
+    hp, run = cfg.ppo, cfg.run
+    first: dict[str, float] = {}
+    rec: dict[str, Any] = {}
+    bar = tqdm(
+        total=hp.iterations, initial=state.iteration, disable=not run.progress, desc="ppo", leave=False
+    )
+    with bar:
+        while state.iteration < hp.iterations:
+            t0 = time.perf_counter()
+            stats, samples = ppo_iteration(models, opt, pool, cfg, state, dev_dtype, ptx_source)
+            state.beta = kl_ctl.update(stats["ppo/kl_k1"], hp.rollout_batch)
+            state.iteration += 1
+            state.episodes += hp.rollout_batch
+            state.elapsed_s += time.perf_counter() - t0
+            rec = {"step": state.step, "iteration": state.iteration, "episodes": state.episodes, **stats}
+            first = first or rec
+            log.write(rec)
+            bar.update(1)
+            bar.set_postfix(rm=f"{stats['ppo/reward_rm']:+.2f}", kl=f"{stats['ppo/kl_k1']:.2f}")
+            if state.iteration % run.log_every == 0 or state.iteration in (1, hp.iterations):
+                tqdm.write(log_line(rec, hp.iterations) + "\n" + "\n".join(samples))
+            if state.iteration % run.save_every == 0 or state.iteration == hp.iterations:
+                save_ppo(out_dir, models, opt, state, meta)
+                save_checkpoint(
+                    out_dir / SNAPSHOT_DIR / f"iter_{state.iteration:04d}", models.policy, models.tok,
+                    meta={**meta, "iteration": state.iteration, "kl_k1": stats["ppo/kl_k1"]},
+                )  # fmt: skip
+    keys = ("ppo/reward_rm", "ppo/gold_score", "ppo/kl_k1", "ppo/kl_k3", "ppo/response_len", "ppo/beta")
+    summary: dict[str, Any] = {
+        "iterations": state.iteration,
+        "episodes": state.episodes,
+        "elapsed_s": state.elapsed_s,
+    }
+    summary.update({f"first/{k}": first[k] for k in keys if k in first})
+    summary.update({f"last/{k}": rec[k] for k in keys if k in rec})
+    return summary
+
+
+def run_ppo(
+    cfg: PPOConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    winrate_n: int = 200,
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The pipeline's PPO stage: train, then the gold-judged win rate over the SFT policy on held-out
+    prompts (greedy). Writes out_dir/winrate.json; returns JSON-able headline numbers."""
+    from picochat.eval.winrate import winrate
+
+    policy, summary = ppo(cfg, out_dir, resume=resume, data_dir=data_dir)
+    sft, tok = load_checkpoint(cfg.policy, device=policy.lm_head.weight.device)
+    result = winrate(policy, sft, tok, n=winrate_n, seed=cfg.run.seed, max_new_tokens=cfg.ppo.max_new_tokens)
+    (Path(out_dir) / "winrate.json").write_text(json.dumps(result, indent=2) + "\n")
+    keys = ("win_rate", "ci_low", "ci_high", "gold_policy", "gold_baseline")
+    return {**summary, **{f"winrate/{k}": result[k] for k in keys}}
+
+
+__all__ = ["PromptPool", "RewardFn", "ppo", "run_ppo"]

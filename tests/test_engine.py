@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from picochat.engine import Engine, SamplingParams, TextStreamer, sample_next
+from picochat.model import GPT, GPTConfig
+
+
+def greedy_reference(model: GPT, prompt: list[int], n: int) -> list[int]:
+    ids = list(prompt)
+    for _ in range(n):
+        logits, _ = model(torch.tensor([ids]))
+        ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt) :]
+
+
+@pytest.mark.parametrize("attention", ["dense", "alternating"])
+def test_greedy_with_cache_equals_without_and_batched_equals_single(tok, attention: str) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size, attention=attention, window=6)).eval()
+    engine = Engine(model, tok)
+    prompts = [tok.encode("ROMEO: But soft"), tok.encode("O"), tok.encode("The quick brown fox jumps over")]
+    params = SamplingParams(max_new_tokens=16, temperature=0)
+    batched = engine.generate_ids(prompts, params, stop_ids=[])
+    single = [engine.generate_ids([p], params, stop_ids=[])[0] for p in prompts]
+    reference = [greedy_reference(model, p, 16) for p in prompts]
+    assert batched == single == reference
+
+
+def test_same_seed_same_samples_and_num_samples(tok, micro_model) -> None:
+    engine = Engine(micro_model, tok)
+    a = engine.generate(["ROMEO:"], max_new_tokens=12, seed=3, num_samples=3)
+    b = engine.generate(["ROMEO:"], max_new_tokens=12, seed=3, num_samples=3)
+    c = engine.generate(["ROMEO:"], max_new_tokens=12, seed=4, num_samples=3)
+    assert a == b and len(a) == 3 and a != c
+
+
+def test_stop_token_ends_row_and_is_reported(tok, micro_model) -> None:
+    engine = Engine(micro_model, tok)
+    params = SamplingParams(max_new_tokens=20, temperature=0)
+    free = engine.generate_ids([tok.encode("hi")], params, stop_ids=[])[0]
+    stop = free[3]
+    stopped = engine.generate_ids([tok.encode("hi")], params, stop_ids=[stop])[0]
+    assert stopped == free[: free.index(stop) + 1]
+
+
+def test_max_new_tokens_respected_and_prompt_longer_than_context_is_truncated(tok, micro_model) -> None:
+    engine = Engine(micro_model, tok)
+    long_prompt = tok.encode("ROMEO: But soft, what light " * 30)
+    assert len(long_prompt) > micro_model.config.block_size
+    with pytest.warns(UserWarning, match="keeping its last"):
+        out = engine.generate_ids([long_prompt], SamplingParams(max_new_tokens=10, temperature=0), stop_ids=[])
+    assert len(out[0]) == 10
+
+
+def test_stop_string_cuts_text(tok, micro_model) -> None:
+    engine = Engine(micro_model, tok)
+    full = engine.generate(["ROMEO:"], max_new_tokens=30, temperature=0)[0]
+    if len(full) > 4:
+        stop = full[2:4]
+        cut = engine.generate(["ROMEO:"], max_new_tokens=30, temperature=0, stop=stop)[0]
+        assert cut == full[: full.find(stop)]
+
+
+def test_stream_concatenates_to_generate(tok, micro_model) -> None:
+    engine = Engine(micro_model, tok)
+    text = engine.generate(["JULIET:"], max_new_tokens=20, seed=7)[0]
+    assert "".join(engine.stream("JULIET:", max_new_tokens=20, seed=7)) == text
+
+
+def test_score_matches_manual_log_softmax(tok, micro_model) -> None:
+    engine = Engine(micro_model, tok)
+    p, c = tok.encode("ROMEO:"), tok.encode(" But soft")
+    total, per_token = engine.score(p, c)
+    logits, _ = micro_model(torch.tensor([p + c]))
+    logp = torch.log_softmax(logits[0], -1)
+    manual = [logp[len(p) - 1 + i, t].item() for i, t in enumerate(c)]
+    assert per_token == pytest.approx(manual, abs=1e-5)
+    assert total == pytest.approx(sum(manual), abs=1e-4)
+
+
+def test_top_k_and_top_p_restrict_support() -> None:
+    logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(logits, SamplingParams(top_k=2), g)) for _ in range(200)}
+    assert draws <= {0, 1}
+    draws = {int(sample_next(logits, SamplingParams(top_p=0.5), g)) for _ in range(200)}
+    assert draws == {0}
+
+
+def test_bad_sampling_params_raise() -> None:
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+
+
+def test_text_streamer_holds_back_stop_string_prefix(tok) -> None:
+    ids = tok.encode("hello END world")
+    streamer = TextStreamer(tok, stop_strings=["END"])
+    pieces = [streamer.push(i) for i in ids]
+    assert "".join(pieces) == "hello "
+    assert streamer.finished

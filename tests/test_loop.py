@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from picochat.checkpoint import load_checkpoint
+from picochat.config import OptimConfig, RunConfig
+from picochat.data.shards import RandomWindows
+from picochat.model import GPT, GPTConfig
+from picochat.train.loop import NonFiniteError, StepOut, Trainer, lr_at, read_metrics
+from picochat.train.pretrain import lm_loss
+
+RUN = dict(progress=False, log_every=1, eval_every=1000, save_every=1000)
+
+
+def make_trainer(tok, out: Path, batch: int, accum: int, steps: int = 6, seed: int = 0, **run) -> Trainer:
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size, block_size=16))
+    ids = np.random.default_rng(0).integers(0, tok.vocab_size, 5000)
+    source = RandomWindows(ids, 16, batch, seed=seed)
+    optim = OptimConfig(max_steps=steps, batch_size=batch, grad_accum=accum, warmup_steps=2, lr=1e-2)
+    return Trainer(
+        model=model, tok=tok, source=source, loss_fn=lm_loss, optim_cfg=optim,
+        run_cfg=RunConfig(**{**RUN, **run}), out_dir=out,
+    )  # fmt: skip
+
+
+def losses(out: Path) -> list[float]:
+    return [r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor() -> None:
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) < lr_at(5, cfg) < lr_at(9, cfg) <= 1.0
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+
+
+def test_micro_batch_times_accum_is_the_same_big_batch(tok, tmp_path: Path) -> None:
+    """micro 8 x accum 1 == micro 2 x accum 4 (same windows, same gradient)."""
+    a = make_trainer(tok, tmp_path / "a", batch=8, accum=1)
+    a.run()
+    b = make_trainer(tok, tmp_path / "b", batch=2, accum=4)
+    # the accumulated run must draw the same 8 windows per step: same generator, 4 draws of 2
+    b.source = _Regroup(RandomWindows(b.source.ids, 16, 8, seed=0), 4)
+    b.run()
+    assert losses(tmp_path / "a") == pytest.approx(losses(tmp_path / "b"), rel=1e-5)
+
+
+class _Regroup:
+    """Serve a big batch as n consecutive micro-batches."""
+
+    def __init__(self, source: RandomWindows, n: int) -> None:
+        self.source, self.n, self.queue = source, n, []
+
+    def next_batch(self):
+        if not self.queue:
+            x, y = self.source.next_batch()
+            self.queue = list(zip(x.chunk(self.n), y.chunk(self.n), strict=True))
+        return self.queue.pop(0)
+
+    def state_dict(self):
+        return self.source.state_dict()
+
+    def load_state_dict(self, state):
+        self.source.load_state_dict(state)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_is_exact(tok, tmp_path: Path) -> None:
+    """8 steps straight == killed during step 6 (last checkpoint at 4) + resume to 8: same losses, same weights."""
+    make_trainer(tok, tmp_path / "straight", batch=4, accum=1, steps=8).run()
+    crashing = make_trainer(tok, tmp_path / "resumed", batch=4, accum=1, steps=8, save_every=4)
+    calls = {"n": 0}
+
+    def dies_at_step_6(model, batch) -> StepOut:
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise Killed
+        return lm_loss(model, batch)
+
+    crashing.loss_fn = dies_at_step_6
+    with pytest.raises(Killed):
+        crashing.run()
+    resumed = make_trainer(tok, tmp_path / "resumed", batch=4, accum=1, steps=8, seed=99)  # other init seed
+    resumed.run(resume=True)
+    assert resumed.state.step == 8
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+    m1, _ = load_checkpoint(tmp_path / "straight" / "ckpt")
+    m2, _ = load_checkpoint(tmp_path / "resumed" / "ckpt")
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert torch.equal(v1, v2), k
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tok, tmp_path: Path) -> None:
+    trainer = make_trainer(tok, tmp_path, batch=2, accum=1, steps=6, save_every=2)
+    calls = {"n": 0}
+
+    def poisoned(model, batch) -> StepOut:
+        calls["n"] += 1
+        out = lm_loss(model, batch)
+        if calls["n"] == 4:
+            out.loss_sum = out.loss_sum * float("nan")
+        return out
+
+    trainer.loss_fn = poisoned
+    with pytest.raises(NonFiniteError, match="step 4"):
+        trainer.run()
+    model, _ = load_checkpoint(tmp_path / "ckpt")  # still loadable: the step-2 checkpoint
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nonfinite_skip_policy_continues(tok, tmp_path: Path) -> None:
+    trainer = make_trainer(tok, tmp_path, batch=2, accum=1, steps=4, on_nonfinite="skip")
+    calls = {"n": 0}
+
+    def poisoned(model, batch) -> StepOut:
+        calls["n"] += 1
+        out = lm_loss(model, batch)
+        if calls["n"] == 2:
+            out.loss_sum = out.loss_sum * float("inf")
+        return out
+
+    trainer.loss_fn = poisoned
+    state = trainer.run()
+    assert state.step == 4
+    recorded = losses(tmp_path)
+    assert not math.isfinite(recorded[1]) and all(math.isfinite(v) for i, v in enumerate(recorded) if i != 1)
+
+
+def test_weight_decay_only_on_matrices(tok, tmp_path: Path) -> None:
+    trainer = make_trainer(tok, tmp_path, batch=2, accum=1)
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] > 0 and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0 and all(p.dim() < 2 for p in no_decay["params"])

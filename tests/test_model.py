@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from picochat.model import GPT, IGNORE_INDEX, GPTConfig, KVCache, count_params, flops_per_token, with_head
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)],
+)
+def test_gpt2_parameter_counts_match_published_shapes(preset: str, expected: int) -> None:
+    assert count_params(GPTConfig.from_preset(preset)) == expected
+
+
+def test_gpt1_preset_is_post_ln_and_has_no_final_ln() -> None:
+    cfg = GPTConfig.from_preset("gpt1")
+    assert cfg.ln_placement == "post" and cfg.block_size == 512
+    with torch.device("meta"):
+        assert GPT(cfg).ln_f is None
+
+
+def test_bad_config_raises_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="n_embd"):
+        GPTConfig(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="ln_placement"):
+        GPTConfig(ln_placement="middle")
+    with pytest.raises(ValueError, match="unknown model preset"):
+        GPTConfig.from_preset("gpt5")
+
+
+def test_tied_embeddings_and_residual_init(micro_model: GPT) -> None:
+    assert micro_model.lm_head.weight is micro_model.wte.weight
+    cfg = GPTConfig.from_preset("tiny")
+    torch.manual_seed(0)
+    m = GPT(cfg)
+    std = m.h[0].attn.c_proj.weight.std().item()
+    assert math.isclose(std, 0.02 / math.sqrt(2 * cfg.n_layer), rel_tol=0.05)
+    assert math.isclose(m.h[0].attn.c_attn.weight.std().item(), 0.02, rel_tol=0.05)
+
+
+@pytest.mark.parametrize("ln", ["pre", "post"])
+def test_loss_falls_when_overfitting_one_batch(tok, ln: str) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size, ln_placement=ln))
+    x = torch.randint(0, tok.vocab_size, (4, 32))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        _, loss = model(x[:, :-1], x[:, 1:])
+        first = first if first is not None else loss.item()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert first > math.log(tok.vocab_size) - 0.5
+    assert loss.item() < 0.3 * first
+
+
+def test_loss_ignores_ignore_index(micro_model: GPT) -> None:
+    x = torch.randint(0, 100, (2, 10))
+    y = x.clone()
+    y[:, :5] = IGNORE_INDEX
+    logits, loss = micro_model(x, y)
+    ref = F.cross_entropy(logits[:, 5:].reshape(-1, logits.size(-1)), y[:, 5:].reshape(-1))
+    assert torch.allclose(loss, ref)
+
+
+@pytest.mark.parametrize("attention", ["dense", "alternating"])
+@pytest.mark.parametrize("ln", ["pre", "post"])
+def test_cached_decoding_equals_full_forward(tok, attention: str, ln: str) -> None:
+    torch.manual_seed(1)
+    cfg = GPTConfig.from_preset("micro", vocab_size=tok.vocab_size, attention=attention, window=5, ln_placement=ln)
+    model = GPT(cfg).eval()
+    x = torch.randint(0, tok.vocab_size, (3, 20))
+    full, _ = model(x)
+    cache = KVCache.empty(cfg, 3, 20, x.device, torch.float32)
+    pieces = [model(x[:, :7], cache=cache)[0]]
+    for t in range(7, 20):
+        pieces.append(model(x[:, t : t + 1], cache=cache)[0])
+    assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+
+
+def test_left_padding_does_not_change_real_token_outputs(micro_model: GPT) -> None:
+    x = torch.randint(0, 100, (1, 12))
+    ref, _ = micro_model(x)
+    padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), x], 1)
+    mask = torch.cat([torch.zeros(1, 5, dtype=torch.bool), torch.ones(1, 12, dtype=torch.bool)], 1)
+    out, _ = micro_model(padded, pad_mask=mask)
+    assert torch.allclose(out[:, 5:], ref, atol=1e-5)
+
+
+def test_sequence_longer_than_block_size_raises(micro_model: GPT) -> None:
+    x = torch.zeros(1, micro_model.config.block_size + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="exceeds"):
+        micro_model(x)
+
+
+def test_with_head_copies_trunk_and_adds_head(micro_model: GPT) -> None:
+    rm = with_head(micro_model, 1)
+    x = torch.randint(0, 100, (2, 8))
+    assert torch.allclose(rm.hidden(x), micro_model.hidden(x))
+    assert rm.head_outputs(rm.hidden(x)).shape == (2, 8, 1)
+    assert micro_model.head is None  # original untouched
+    with pytest.raises(ValueError, match="no head"):
+        micro_model.head_outputs(micro_model.hidden(x))
+
+
+def test_flops_per_token_hand_count() -> None:
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, block_size=4, vocab_size=10)
+    # per block: qkv 8*24 + proj 8*8 + fc 8*32 + proj 32*8 = 768 = 12*C^2; LM head 10*8
+    assert flops_per_token(cfg) == 6 * (2 * 768 + 80) + 12 * 2 * 8 * 4
