@@ -9,7 +9,7 @@ stage's own loss (`pretrain.lm_loss`); transformers runs its standard `labels=` 
 attention. The dtype (fp32 or bf16 autocast) is the faster one by measured matmul peak, for both.
 MFU = tok/s × flops_per_token (PaLM appendix B: 6·N + 12·L·C·T) ÷ peak FLOP/s of that dtype.
 
-    python benchmarks/train_speed.py            # 6L/6H/384d, ctx 256, vocab 8192, batch 8 (~1 min)
+    python benchmarks/train_speed.py            # 6L/6H/384d, ctx 256, vocab 8192, batch 4 (~1 min quiet)
     python benchmarks/train_speed.py --gpt2     # also gpt2 124M, ctx 1024, batch 1 (a few more minutes)
 """
 
@@ -26,7 +26,6 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DtypeChoice, autocast, choose_dtype, interleaved, machine, median, spread, sync  # noqa: E402
-
 from picochat.config import OptimConfig  # noqa: E402
 from picochat.hf import to_hf  # noqa: E402
 from picochat.model import GPT, GPTConfig, flops_per_token  # noqa: E402
@@ -69,14 +68,18 @@ class Runner:
         return (time.perf_counter() - t) / steps
 
 
-def build_runners(cfg: GPTConfig, batch: int, device: torch.device, dtype: torch.dtype | None) -> dict[str, Runner]:
+def build_runners(
+    cfg: GPTConfig, batch: int, device: torch.device, dtype: torch.dtype | None
+) -> dict[str, Runner]:
     torch.manual_seed(0)
     ours = GPT(cfg)
     theirs = to_hf(ours).train()
     theirs.set_attn_implementation("sdpa")
     ours.to(device).train()
     theirs.to(device)
-    x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1), generator=torch.Generator().manual_seed(1)).to(device)
+    x = torch.randint(
+        0, cfg.vocab_size, (batch, cfg.block_size + 1), generator=torch.Generator().manual_seed(1)
+    ).to(device)
     optim = OptimConfig(warmup_steps=0, max_steps=10**6)
     return {
         "picochat": Runner(ours, build_optimizer(ours, optim, device), x, True, dtype, optim),
@@ -84,19 +87,23 @@ def build_runners(cfg: GPTConfig, batch: int, device: torch.device, dtype: torch
     }
 
 
-def bench(name: str, cfg: GPTConfig, batch: int, rounds: int, steps: int, choice: DtypeChoice, device: torch.device) -> float:
+def bench(
+    name: str, cfg: GPTConfig, batch: int, rounds: int, steps: int, choice: DtypeChoice, device: torch.device
+) -> float:
     runners = build_runners(cfg, batch, device, choice.dtype)
     for r in runners.values():  # warm-up: allocator, kernel selection, optimizer state
         r.timed(1)
     secs = interleaved({k: (lambda r=r: r.timed(steps)) for k, r in runners.items()}, rounds)
     tokens = batch * cfg.block_size
     flops = flops_per_token(cfg)
-    print(f"{name}: batch {batch} x ctx {cfg.block_size}, {GPT(cfg).num_params() / 1e6:.1f}M params, "
+    print(f"{name}: batch {batch} x ctx {cfg.block_size}, {runners['picochat'].model.num_params() / 1e6:.1f}M params, "
           f"{flops / 1e6:.0f} MFLOP/token, {rounds} interleaved rounds x {steps} steps")  # fmt: skip
     tok_s = {k: tokens / median(v) for k, v in secs.items()}
     for k, v in secs.items():
         mfu = tok_s[k] * flops / choice.peak
-        print(f"  {k:<13} {tok_s[k]:>9,.0f} tok/s  MFU {mfu:6.1%}  (s/step median {median(v):.3f}, range {spread(v)})")
+        print(
+            f"  {k:<13} {tok_s[k]:>9,.0f} tok/s  MFU {mfu:6.1%}  (s/step median {median(v):.3f}, range {spread(v)})"
+        )
     ratio = tok_s["picochat"] / tok_s["transformers"]
     print(f"  {name} ratio picochat/transformers: {ratio:.2f}")
     return ratio
@@ -104,9 +111,9 @@ def bench(name: str, cfg: GPTConfig, batch: int, rounds: int, steps: int, choice
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=8, help="sequences per step for the tiny model")
+    ap.add_argument("--batch", type=int, default=4, help="sequences per step for the tiny model")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
-    ap.add_argument("--steps", type=int, default=2, help="optimizer steps per timed round")
+    ap.add_argument("--steps", type=int, default=1, help="optimizer steps per timed round")
     ap.add_argument("--gpt2", action="store_true", help="also gpt2 124M at ctx 1024")
     ap.add_argument("--gpt2-batch", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -4,7 +4,15 @@
       data/       tokenizer.json + token shards              (stage: tokenizer)
       pretrain/   base model checkpoint, metrics, samples     (stage: pretrain)
       sample/     samples from the base model                  (stage: sample)
-      pipeline.json   per-stage wall time and summaries
+      eval/       bits/byte vs bigram, zero-/few-shot (GPT-2/3) (stage: eval)
+      finetune/   GPT-1 heads, one dir per task                  (stage: finetune)
+      sft/        chat policy (supervised fine-tuning)           (stage: sft)
+      rm/         comparisons collected from SFT + reward model  (stage: rm)
+      ppo/        RLHF policy, plain PPO, with its win rate      (stage: ppo)
+      ppo_ptx/    RLHF policy, PPO-ptx                           (stage: ppo_ptx)
+      transcripts/ the same prompts answered by base, SFT and RL (stage: transcripts)
+      report.md, report.html, plots/                             (stage: report)
+      pipeline.json   environment, per-stage wall time, headline numbers
 
 Each stage writes `summary.json` last; a stage whose summary exists is skipped, so rerunning an
 interrupted pipeline continues where it stopped (and `--resume` also resumes the stage that was cut off
@@ -18,16 +26,27 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from picochat.config import ConfigError, PretrainConfig, check_choice, config_class, load_config, save_config
+from picochat.config import (
+    ConfigError,
+    PretrainConfig,
+    check_choice,
+    config_class,
+    load_config,
+    merge,
+    save_config,
+)
 
-STAGE_NAMES = ("tokenizer", "pretrain", "sample")
+STAGE_NAMES = (
+    "tokenizer", "pretrain", "sample", "eval", "finetune", "sft", "rm", "ppo", "ppo_ptx", "transcripts", "report",
+)  # fmt: skip
 SUMMARY = "summary.json"
+ALWAYS_RUN = ("report",)  # cheap, and must reflect every stage that ran
 
 # Per-preset settings for each stage (merged over the stage config's defaults).
 PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -38,6 +57,39 @@ PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "optim": {"max_steps": 40, "batch_size": 8, "warmup_steps": 5},
             "run": {"eval_every": 20, "save_every": 20, "eval_batches": 2},
         },
+        "eval": {"n": 8, "shots": [0, 1], "max_lm_tokens": 4000},
+        "finetune": {
+            "overrides": ["optim.max_steps=4", "optim.batch_size=8", "eval_train_examples=16", "max_len=48"],
+        },
+        "sft": {
+            "n_task_demos": 200,
+            "n_chitchat": 30,
+            "n_chatterbot": 30,
+            "eval_tasks": 8,
+            "eval_max_new_tokens": 8,
+            "optim": {"max_steps": 6, "batch_size": 4},
+            "run": {"eval_every": 6, "save_every": 6, "eval_batches": 1, "log_every": 2},
+        },
+        "rm": {
+            "n_heldout": 8,
+            "collect": {"n_prompts": 16, "max_new_tokens": 8},
+            "optim": {"max_steps": 6, "batch_size": 4, "warmup_steps": 1},
+            "run": {"eval_every": 6, "save_every": 6, "log_every": 2},
+        },
+        "ppo": {
+            "ppo": {"iterations": 2, "rollout_batch": 8, "minibatch": 4, "max_new_tokens": 8, "n_prompts": 32}
+        },
+        "ppo_ptx": {
+            "ppo": {
+                "iterations": 2,
+                "rollout_batch": 8,
+                "minibatch": 4,
+                "max_new_tokens": 8,
+                "n_prompts": 32,
+                "ptx_coef": 1.0,
+                "ptx_block": 32,
+            },
+        },
     },
     "tiny": {  # the default: the whole recipe on a 2-core CPU in ~15 minutes
         "pretrain": {
@@ -45,6 +97,7 @@ PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "optim": {"max_steps": 600, "batch_size": 16, "lr": 3e-3, "warmup_steps": 30},
             "run": {"eval_every": 100, "save_every": 100, "eval_batches": 8},
         },
+        "ppo_ptx": {"ppo": {"ptx_coef": 1.0}},
     },
     "small-cpu": {
         "pretrain": {
@@ -97,11 +150,18 @@ class Context:
     overrides: dict[str, list[str]] = field(default_factory=dict)
 
     def stage_config(self, stage: str, cls: type, extra: dict[str, Any] | None = None) -> Any:
+        """The stage's config: class defaults <- preset <- pipeline wiring (`extra`) <- user overrides."""
         base = json.loads(json.dumps(PIPELINE_PRESETS[self.cfg.preset].get(stage, {})))
-        base.setdefault("run", {})["seed"] = self.cfg.seed
-        for k, v in (extra or {}).items():
-            base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+        names = {f.name for f in fields(cls)}
+        if "run" in names:
+            base.setdefault("run", {})["seed"] = self.cfg.seed
+        elif "seed" in names:
+            base["seed"] = self.cfg.seed
+        base = merge(base, extra or {})
         return load_config(cls, None, self.overrides.get(stage, []), base)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
 
 
 def stage_tokenizer(ctx: Context) -> dict[str, Any]:
@@ -127,7 +187,9 @@ def stage_sample(ctx: Context) -> dict[str, Any]:
     model, tok = load_checkpoint(ctx.root / "pretrain" / "ckpt")
     prompts = ["ROMEO:\n", "JULIET:\n", "First Citizen:\n"]
     max_new = min(120, model.config.block_size - 8)
-    texts = Engine(model, tok).generate(prompts, max_new_tokens=max_new, temperature=0.8, top_k=50, seed=ctx.cfg.seed)
+    texts = Engine(model, tok).generate(
+        prompts, max_new_tokens=max_new, temperature=0.8, top_k=50, seed=ctx.cfg.seed
+    )
     samples = [p + t for p, t in zip(prompts, texts, strict=True)]
     out = ctx.root / "sample"
     out.mkdir(parents=True, exist_ok=True)
@@ -136,11 +198,181 @@ def stage_sample(ctx: Context) -> dict[str, Any]:
     return {"samples": samples}
 
 
+def stage_eval(ctx: Context) -> dict[str, Any]:
+    from picochat.config import EvalConfig
+    from picochat.eval.fewshot import run_eval
+
+    cfg = ctx.stage_config(
+        "eval", EvalConfig, {"ckpt": str(ctx.path("pretrain", "ckpt")), "data_dir": str(ctx.path("data"))}
+    )
+    return run_eval(cfg, ctx.path("eval"))
+
+
+def stage_finetune(ctx: Context) -> dict[str, Any]:
+    from picochat.train.finetune import run_finetune_all
+
+    preset = PIPELINE_PRESETS[ctx.cfg.preset].get("finetune", {})
+    overrides = [*preset.get("overrides", []), f"run.seed={ctx.cfg.seed}", *ctx.overrides.get("finetune", [])]
+    return run_finetune_all(
+        ctx.path("pretrain", "ckpt"), ctx.path("finetune"), tasks=preset.get("tasks", ("sentiment", "nli", "paraphrase", "cloze")),
+        overrides=overrides, resume=ctx.resume,
+    )  # fmt: skip
+
+
+def stage_sft(ctx: Context) -> dict[str, Any]:
+    from picochat.config import SFTConfig
+    from picochat.train.sft import sft
+
+    cfg = ctx.stage_config(
+        "sft", SFTConfig, {"ckpt": str(ctx.path("pretrain", "ckpt")), "ptx_data": str(ctx.path("data"))}
+    )
+    return sft(cfg, ctx.path("sft"), resume=ctx.resume)
+
+
+def stage_rm(ctx: Context) -> dict[str, Any]:
+    from picochat.config import RewardConfig
+    from picochat.train.reward import train_reward
+
+    cfg = ctx.stage_config("rm", RewardConfig, {"sft": str(ctx.path("sft", "ckpt"))})
+    return train_reward(cfg, ctx.path("rm"), resume=ctx.resume)
+
+
+def ppo_stage(ctx: Context, name: str) -> dict[str, Any]:
+    from picochat.config import PPOConfig
+    from picochat.train.ppo import run_ppo
+
+    wiring = {
+        "policy": str(ctx.path("sft", "ckpt")),
+        "rm": str(ctx.path("rm", "ckpt")),
+        "data_dir": str(ctx.path("data")),
+    }
+    cfg = ctx.stage_config(name, PPOConfig, wiring)
+    return run_ppo(
+        cfg,
+        ctx.path(name),
+        resume=ctx.resume,
+        data_dir=ctx.path("data"),
+        winrate_n=WINRATE_PROMPTS[ctx.cfg.preset],
+    )
+
+
+def stage_ppo(ctx: Context) -> dict[str, Any]:
+    return ppo_stage(ctx, "ppo")
+
+
+def stage_ppo_ptx(ctx: Context) -> dict[str, Any]:
+    return ppo_stage(ctx, "ppo_ptx")
+
+
+TRANSCRIPT_PROMPTS = (
+    "When I was 8 my brother was half my age. How old is he when I am 50?",
+    "What is 12 + 9?",
+    'Reverse the word "planet".',
+    "hi! how was your weekend?",
+)
+
+
+def stage_transcripts(ctx: Context) -> dict[str, Any]:
+    """The same user prompts answered greedily by the base model, the SFT policy and the RL policies."""
+    from picochat.checkpoint import load_checkpoint
+    from picochat.engine import Engine, SamplingParams
+
+    models = {
+        "base": ("pretrain", "ckpt"),
+        "SFT": ("sft", "ckpt"),
+        "PPO": ("ppo", "ckpt"),
+        "PPO-ptx": ("ppo_ptx", "ckpt"),
+    }
+    answers: dict[str, list[str]] = {}
+    for label, parts in models.items():
+        if not ctx.path(*parts).is_dir():
+            continue
+        model, tok = load_checkpoint(ctx.path(*parts))
+        engine = Engine(model, tok)
+        prompts = [tok.render_prompt([{"role": "user", "content": p}]) for p in TRANSCRIPT_PROMPTS]
+        outs = engine.generate_ids(prompts, SamplingParams(max_new_tokens=48, temperature=0))
+        answers[label] = [engine.decode_completion(o) for o in outs]
+    items = [
+        {"prompt": p, "answers": {label: texts[i] for label, texts in answers.items()}}
+        for i, p in enumerate(TRANSCRIPT_PROMPTS)
+    ]
+    for item in items:
+        print(f"user: {item['prompt']}")
+        for label, text in item["answers"].items():
+            print(f"  {label:>8}: {text!r}")
+    return {"transcripts": items}
+
+
+def headline(root: Path) -> dict[str, Any]:
+    """The numbers the README and the report lead with, read from the stage summaries."""
+
+    def read(*parts: str) -> dict[str, Any]:
+        path = root.joinpath(*parts)
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    out: dict[str, Any] = {}
+    pre, ev = read("pretrain", SUMMARY), read("eval", SUMMARY)
+    if pre:
+        out["val bits/byte (GPT)"] = pre.get("val/bpb")
+    if ev.get("lm"):
+        out["val bits/byte (bigram)"] = ev["lm"].get("bigram/bpb")
+    ft = read("finetune", SUMMARY)
+    for row in ft.get("table", []):
+        out[f"fine-tuned accuracy: {row['task']} (chance {row['chance']:.2f})"] = row.get("accuracy")
+    sft = read("sft", SUMMARY)
+    for key in ("task_score_before", "task_score_after", "end_rate"):
+        if key in sft:
+            out[f"SFT {key}"] = sft[key]
+    rm = read("rm", SUMMARY)
+    if "rm/accuracy" in rm:
+        out["RM held-out pairwise accuracy"] = rm["rm/accuracy"]
+    for name in ("ppo", "ppo_ptx"):
+        s = read(name, SUMMARY)
+        if "winrate/win_rate" in s:
+            out[f"{name} win rate over SFT"] = s["winrate/win_rate"]
+            out[f"{name} KL to SFT (k1)"] = s.get("ppo/kl_k1")
+    return out
+
+
+def stage_report(ctx: Context) -> dict[str, Any]:
+    from picochat.report import build_report
+
+    record_path = ctx.path("pipeline.json")
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    record["headline"] = headline(ctx.root)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    md_path, html_path = build_report(ctx.root)
+    print(f"report: wrote {md_path} and {html_path}")
+    return {"report": str(md_path), "html": str(html_path), **record["headline"]}
+
+
 STAGES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "tokenizer": stage_tokenizer,
     "pretrain": stage_pretrain,
     "sample": stage_sample,
+    "eval": stage_eval,
+    "finetune": stage_finetune,
+    "sft": stage_sft,
+    "rm": stage_rm,
+    "ppo": stage_ppo,
+    "ppo_ptx": stage_ppo_ptx,
+    "transcripts": stage_transcripts,
+    "report": stage_report,
 }
+WINRATE_PROMPTS = {"micro": 16, "tiny": 200, "small-cpu": 200, "gpt2": 400}
+
+
+def stage_config_classes() -> dict[str, type]:
+    from picochat.config import EvalConfig, PPOConfig, RewardConfig, SFTConfig
+
+    return {
+        "pretrain": PretrainConfig,
+        "eval": EvalConfig,
+        "sft": SFTConfig,
+        "rm": RewardConfig,
+        "ppo": PPOConfig,
+        "ppo_ptx": PPOConfig,
+    }
 
 
 def environment() -> dict[str, Any]:
@@ -182,8 +414,8 @@ def run_pipeline(
         raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGE_NAMES)}")
     ctx = Context(cfg=cfg, root=root, resume=resume, overrides=split_overrides(overrides or []))
     for stage in ctx.overrides:  # validate every stage override before spending minutes on earlier stages
-        if stage in ("tokenizer", "pretrain"):
-            ctx.stage_config("pretrain", PretrainConfig)
+        if stage in stage_config_classes():
+            ctx.stage_config(stage, stage_config_classes()[stage])
     root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, root / "pipeline.toml")
     record_path = root / "pipeline.json"
@@ -194,7 +426,7 @@ def run_pipeline(
     print(f"pipeline: preset {cfg.preset}, writing {root}")
     for k, stage in enumerate(selected, 1):
         done = root / stage / SUMMARY
-        if done.exists():
+        if done.exists() and stage not in ALWAYS_RUN:
             print(f"[{k}/{len(selected)}] {stage}: done already ({done}), skipping")
             continue
         print(f"[{k}/{len(selected)}] {stage} ...  (pipeline elapsed {time.perf_counter() - t_start:.0f} s)")
