@@ -31,15 +31,26 @@ MICRO = ["model.preset=micro", "model.block_size=32", "data.vocab_size=300", "op
 
 def test_pretrain_writes_checkpoint_config_metrics_and_resumes(corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    r = picochat("pretrain", "--out", str(out), f"data.path={corpus}", "optim.max_steps=6", "run.save_every=3", *MICRO)
+    r = picochat(
+        "pretrain", "--out", str(out), f"data.path={corpus}", "optim.max_steps=6", "run.save_every=3", *MICRO
+    )
     assert r.returncode == 0, r.stderr
-    for name in ("ckpt/model.safetensors", "ckpt/trainer.json", "config.toml", "metrics.jsonl", "samples.txt", "summary.json"):
+    for name in (
+        "ckpt/model.safetensors",
+        "ckpt/trainer.json",
+        "config.toml",
+        "metrics.jsonl",
+        "samples.txt",
+        "summary.json",
+    ):
         assert (out / name).exists(), name
     assert "bits/byte" in r.stdout and str(out) in r.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["val/bpb"] > 0
     # the written config reproduces the run; --resume with more steps continues from step 6
-    r2 = picochat("pretrain", "--out", str(out), "--config", str(out / "config.toml"), "--resume", "optim.max_steps=8")
+    r2 = picochat(
+        "pretrain", "--out", str(out), "--config", str(out / "config.toml"), "--resume", "optim.max_steps=8"
+    )
     assert r2.returncode == 0, r2.stderr
     assert "resumed from" in r2.stdout and "at step 6" in r2.stdout
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -48,7 +59,10 @@ def test_pretrain_writes_checkpoint_config_metrics_and_resumes(corpus: Path, tmp
 
 def test_sample_prints_continuation(corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert picochat("pretrain", "--out", str(out), f"data.path={corpus}", "optim.max_steps=2", *MICRO).returncode == 0
+    assert (
+        picochat("pretrain", "--out", str(out), f"data.path={corpus}", "optim.max_steps=2", *MICRO).returncode
+        == 0
+    )
     r = picochat("sample", "--ckpt", str(out / "ckpt"), "--prompt", "ROMEO:", "max_new_tokens=10", "seed=1")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ROMEO:")

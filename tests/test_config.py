@@ -8,8 +8,16 @@ from picochat.config import ConfigError, PretrainConfig, load_config, save_confi
 
 
 def test_overrides_are_parsed_by_field_type() -> None:
-    cfg = load_config(PretrainConfig, overrides=["optim.lr=1e-3", "model.n_layer=3", "run.progress=false", "model.dropout=none"])
-    assert cfg.optim.lr == 1e-3 and cfg.model.n_layer == 3 and cfg.run.progress is False and cfg.model.dropout is None
+    cfg = load_config(
+        PretrainConfig,
+        overrides=["optim.lr=1e-3", "model.n_layer=3", "run.progress=false", "model.dropout=none"],
+    )
+    assert (
+        cfg.optim.lr == 1e-3
+        and cfg.model.n_layer == 3
+        and cfg.run.progress is False
+        and cfg.model.dropout is None
+    )
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,9 @@ def greedy_reference(model: GPT, prompt: list[int], n: int) -> list[int]:
 @pytest.mark.parametrize("attention", ["dense", "alternating"])
 def test_greedy_with_cache_equals_without_and_batched_equals_single(tok, attention: str) -> None:
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size, attention=attention, window=6)).eval()
+    model = GPT(
+        GPTConfig.from_preset("micro", vocab_size=tok.vocab_size, attention=attention, window=6)
+    ).eval()
     engine = Engine(model, tok)
     prompts = [tok.encode("ROMEO: But soft"), tok.encode("O"), tok.encode("The quick brown fox jumps over")]
     params = SamplingParams(max_new_tokens=16, temperature=0)
@@ -50,7 +52,9 @@ def test_max_new_tokens_respected_and_prompt_longer_than_context_is_truncated(to
     long_prompt = tok.encode("ROMEO: But soft, what light " * 30)
     assert len(long_prompt) > micro_model.config.block_size
     with pytest.warns(UserWarning, match="keeping its last"):
-        out = engine.generate_ids([long_prompt], SamplingParams(max_new_tokens=10, temperature=0), stop_ids=[])
+        out = engine.generate_ids(
+            [long_prompt], SamplingParams(max_new_tokens=10, temperature=0), stop_ids=[]
+        )
     assert len(out[0]) == 10
 
 

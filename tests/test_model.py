@@ -11,7 +11,12 @@ from picochat.model import GPT, IGNORE_INDEX, GPTConfig, KVCache, count_params, 
 
 @pytest.mark.parametrize(
     ("preset", "expected"),
-    [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)],
+    [
+        ("gpt2", 124_439_808),
+        ("gpt2-medium", 354_823_168),
+        ("gpt2-large", 774_030_080),
+        ("gpt2-xl", 1_557_611_200),
+    ],
 )
 def test_gpt2_parameter_counts_match_published_shapes(preset: str, expected: int) -> None:
     assert count_params(GPTConfig.from_preset(preset)) == expected
@@ -73,7 +78,9 @@ def test_loss_ignores_ignore_index(micro_model: GPT) -> None:
 @pytest.mark.parametrize("ln", ["pre", "post"])
 def test_cached_decoding_equals_full_forward(tok, attention: str, ln: str) -> None:
     torch.manual_seed(1)
-    cfg = GPTConfig.from_preset("micro", vocab_size=tok.vocab_size, attention=attention, window=5, ln_placement=ln)
+    cfg = GPTConfig.from_preset(
+        "micro", vocab_size=tok.vocab_size, attention=attention, window=5, ln_placement=ln
+    )
     model = GPT(cfg).eval()
     x = torch.randint(0, tok.vocab_size, (3, 20))
     full, _ = model(x)

@@ -171,7 +171,9 @@ def load_tensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{file} is corrupt or truncated ({e}); restore it or use an older checkpoint") from None
+        raise CheckpointError(
+            f"{file} is corrupt or truncated ({e}); restore it or use an older checkpoint"
+        ) from None
 
 
 def load_model_weights(model: GPT, file: Path) -> None:

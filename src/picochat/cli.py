@@ -16,7 +16,12 @@ from typing import Any
 
 from picochat.config import ConfigError, field_help
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -61,7 +66,9 @@ def cmd_tokenizer(args: argparse.Namespace, cfg: Any) -> None:
 
     out = out_dir(args, cfg, "runs/tokenizer")
     data = prepare_data(cfg.data, out / "data")
-    print(f"tokenizer: {data.tok.vocab_size} ids; wrote {out / 'data'} (tokenizer.json, train.bin, val.bin, data.json)")
+    print(
+        f"tokenizer: {data.tok.vocab_size} ids; wrote {out / 'data'} (tokenizer.json, train.bin, val.bin, data.json)"
+    )
 
 
 def cmd_pretrain(args: argparse.Namespace, cfg: Any) -> None:
@@ -91,8 +98,13 @@ def cmd_sample(args: argparse.Namespace, cfg: Any) -> None:
     max_new = min(cfg.max_new_tokens, model.config.block_size - 1)
     for i, text in enumerate(
         engine.generate(
-            [prompt], max_new_tokens=max_new, temperature=cfg.temperature, top_k=cfg.top_k,
-            top_p=cfg.top_p, seed=cfg.seed, num_samples=cfg.num_samples,
+            [prompt],
+            max_new_tokens=max_new,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            seed=cfg.seed,
+            num_samples=cfg.num_samples,
         )  # fmt: skip
     ):
         if cfg.num_samples > 1:
@@ -108,11 +120,21 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
 def cmd_pipeline(args: argparse.Namespace, cfg: Any) -> None:
     from picochat.pipeline import run_pipeline
 
-    run_pipeline(cfg, Path(args.out) if args.out else None, resume=args.resume, stages=args.stages, overrides=args.overrides)
+    run_pipeline(
+        cfg,
+        Path(args.out) if args.out else None,
+        resume=args.resume,
+        stages=args.stages,
+        overrides=args.overrides,
+    )
 
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None, help="tiny (default, 2-core CPU), micro (smoke test), small-cpu, gpt2 (one GPU)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="tiny (default, 2-core CPU), micro (smoke test), small-cpu, gpt2 (one GPU)",
+    )
     p.add_argument("--stages", default=None, help="comma-separated subset of stages to run")
 
 
@@ -147,7 +169,9 @@ def cmd_rm(args: argparse.Namespace, cfg: Any) -> None:
 
 def add_rm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", help="SFT checkpoint the reward model starts from")
-    p.add_argument("--data", action="append", help="ranking or pairwise JSONL (repeat for more); none = collect")
+    p.add_argument(
+        "--data", action="append", help="ranking or pairwise JSONL (repeat for more); none = collect"
+    )
     p.add_argument("--heldout", help="held-out ranking JSONL (default: collect on the heldout task split)")
 
 
@@ -163,7 +187,10 @@ def cmd_sft(args: argparse.Namespace, cfg: Any) -> None:
 
 def add_sft_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", help="base checkpoint to fine-tune (runs/NAME/pretrain/ckpt)")
-    p.add_argument("--data", help='JSONL of {"messages": [...]} conversations (added to the mix; data_mode=replace: alone)')
+    p.add_argument(
+        "--data",
+        help='JSONL of {"messages": [...]} conversations (added to the mix; data_mode=replace: alone)',
+    )
 
 
 def cmd_chat(args: argparse.Namespace, cfg: Any) -> None:
@@ -335,18 +362,67 @@ def build_commands() -> list[Command]:
     from picochat.pipeline import PipelineConfig
 
     return [
-        Command("pipeline", "run the whole recipe on the embedded default and write a report", PipelineConfig, cmd_pipeline, add_pipeline_args),
-        Command("tokenizer", "train (or pick) the tokenizer and write token shards", TokenizerStageConfig, cmd_tokenizer),
-        Command("pretrain", "pre-train a GPT on the corpus (causal LM)", PretrainConfig, cmd_pretrain, add_pretrain_args),
+        Command(
+            "pipeline",
+            "run the whole recipe on the embedded default and write a report",
+            PipelineConfig,
+            cmd_pipeline,
+            add_pipeline_args,
+        ),
+        Command(
+            "tokenizer",
+            "train (or pick) the tokenizer and write token shards",
+            TokenizerStageConfig,
+            cmd_tokenizer,
+        ),
+        Command(
+            "pretrain",
+            "pre-train a GPT on the corpus (causal LM)",
+            PretrainConfig,
+            cmd_pretrain,
+            add_pretrain_args,
+        ),
         Command("sample", "generate text from a checkpoint", SampleConfig, cmd_sample, add_sample_args),
         Command("serve", "web chat, OpenAI API, labeling page (--ckpt)", None, cmd_serve, add_serve_args),
         Command("labels", "export human rankings (labels export)", None, cmd_labels, add_labels_args),
-        Command("collect", "sample K answers per prompt and rank them with the gold labeler", CollectConfig, cmd_collect, add_collect_args),
-        Command("rm", "train the reward model on rankings (collects them when no --data)", RewardConfig, cmd_rm, add_rm_args),
-        Command("sft", "supervised fine-tuning on chat demonstrations (--ckpt BASE)", SFTConfig, cmd_sft, add_sft_args),
-        Command("ppo", "RLHF with PPO / PPO-ptx (--policy SFT --rm RM [--data-dir DATA])", PPOConfig, cmd_ppo, add_ppo_args),
-        Command("winrate", "gold-judged win rate of an RL policy over SFT on held-out prompts", None, cmd_winrate, add_winrate_args),
-        Command("chat", "chat with a checkpoint in the terminal (--ckpt PATH)", None, cmd_chat, add_chat_args),
+        Command(
+            "collect",
+            "sample K answers per prompt and rank them with the gold labeler",
+            CollectConfig,
+            cmd_collect,
+            add_collect_args,
+        ),
+        Command(
+            "rm",
+            "train the reward model on rankings (collects them when no --data)",
+            RewardConfig,
+            cmd_rm,
+            add_rm_args,
+        ),
+        Command(
+            "sft",
+            "supervised fine-tuning on chat demonstrations (--ckpt BASE)",
+            SFTConfig,
+            cmd_sft,
+            add_sft_args,
+        ),
+        Command(
+            "ppo",
+            "RLHF with PPO / PPO-ptx (--policy SFT --rm RM [--data-dir DATA])",
+            PPOConfig,
+            cmd_ppo,
+            add_ppo_args,
+        ),
+        Command(
+            "winrate",
+            "gold-judged win rate of an RL policy over SFT on held-out prompts",
+            None,
+            cmd_winrate,
+            add_winrate_args,
+        ),
+        Command(
+            "chat", "chat with a checkpoint in the terminal (--ckpt PATH)", None, cmd_chat, add_chat_args
+        ),
         Command(
             "finetune",
             "GPT-1 fine-tuning with a task head (--task NAME --ckpt BASE)",
@@ -371,7 +447,9 @@ def config_epilog(cls: type) -> str:
 
 
 def make_parser(commands: list[Command]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="picochat", description="The GPT lineage end to end: pre-train, fine-tune, SFT, RM, PPO, serve.")
+    parser = argparse.ArgumentParser(
+        prog="picochat", description="The GPT lineage end to end: pre-train, fine-tune, SFT, RM, PPO, serve."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for c in commands:
         p = sub.add_parser(
@@ -383,7 +461,9 @@ def make_parser(commands: list[Command]) -> argparse.ArgumentParser:
             p.add_argument("--config", help="TOML config file (a run's config.toml reproduces it)")
             p.add_argument("--out", help="output directory")
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-            p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
+            p.add_argument(
+                "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3"
+            )
         if c.add_args:
             c.add_args(p)
         p.set_defaults(command_obj=c)
@@ -406,7 +486,12 @@ def main(argv: list[str] | None = None) -> int:
                 from picochat.pipeline import preset_base
 
                 base = preset_base(args.preset)
-            cfg = load_config(command.config_cls, args.config, [o for o in args.overrides if _is_own_override(command, o)], base)
+            cfg = load_config(
+                command.config_cls,
+                args.config,
+                [o for o in args.overrides if _is_own_override(command, o)],
+                base,
+            )
         command.run(args, cfg)
     except StopRequested as e:
         print(f"picochat: stopped; resume with --resume (checkpoint {e})", file=sys.stderr)

@@ -317,7 +317,15 @@ class PPOHParams:
     """samples printed with their score and KL at each log line"""
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "rollout_batch", "epochs", "minibatch", "max_new_tokens", "horizon", "n_prompts"):
+        for name in (
+            "iterations",
+            "rollout_batch",
+            "epochs",
+            "minibatch",
+            "max_new_tokens",
+            "horizon",
+            "n_prompts",
+        ):
             check_range(f"ppo.{name}", getattr(self, name), 1)
         check_range("ppo.micro_batch", self.micro_batch, 0)
         check_range("ppo.temperature", self.temperature, 1e-3)
@@ -340,7 +348,9 @@ class PPOHParams:
                 f"ppo.rollout_batch={self.rollout_batch} is not a multiple of ppo.minibatch={self.minibatch}"
             )
         if self.micro_batch and self.minibatch % self.micro_batch:
-            raise ValueError(f"ppo.minibatch={self.minibatch} is not a multiple of ppo.micro_batch={self.micro_batch}")
+            raise ValueError(
+                f"ppo.minibatch={self.minibatch} is not a multiple of ppo.micro_batch={self.micro_batch}"
+            )
 
 
 @config_class
@@ -366,7 +376,9 @@ class PPOConfig:
     ppo: PPOHParams = field(default_factory=PPOHParams)
     value: ValueConfig = field(default_factory=ValueConfig)
     optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=2e-5, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, max_steps=1)
+        default_factory=lambda: OptimConfig(
+            lr=2e-5, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, max_steps=1
+        )
     )
     """policy optimizer (max_steps is derived: iterations × epochs × rollout_batch/minibatch)"""
     run: RunConfig = field(default_factory=lambda: RunConfig(log_every=1, save_every=10, eval_every=1000))
@@ -679,19 +691,24 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     assert is_dataclass(cfg)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# resolved {type(cfg).__name__}; rerun with --config {path.name}\n" + tomli_w.dumps(drop_none(to_tree(cfg))))
+    path.write_text(
+        f"# resolved {type(cfg).__name__}; rerun with --config {path.name}\n"
+        + tomli_w.dumps(drop_none(to_tree(cfg)))
+    )
     return path
 
 
-def field_help(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, help) for every leaf field, read from the field docstrings."""
+def field_help(cls: type, prefix: str = "", default: Any = None) -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every leaf field, read from the field docstrings.
+
+    Nested sections show the stage's own defaults (e.g. SFT's optim.lr), not the section class's."""
     docs = attribute_docs(cls)
     rows: list[tuple[str, str, str]] = []
-    default = cls()
+    default = cls() if default is None else default
     for f in fields(cls):
         value = getattr(default, f.name)
         if is_dataclass(value):
-            rows += field_help(type(value), f"{prefix}{f.name}.")
+            rows += field_help(type(value), f"{prefix}{f.name}.", value)
         else:
             rows.append((f"{prefix}{f.name}", repr(value), docs.get(f.name, "")))
     return rows

@@ -64,7 +64,9 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids and (B, T) bool mask of real tokens, prompts aligned to the right edge."""
     T = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
@@ -102,7 +104,9 @@ class Engine:
         """Left-truncate prompts (with a warning) so prompt + answer fits the context window."""
         block = self.model.config.block_size
         if max_new_tokens >= block:
-            warnings.warn(f"max_new_tokens={max_new_tokens} >= context {block}; using {block - 1}", stacklevel=3)
+            warnings.warn(
+                f"max_new_tokens={max_new_tokens} >= context {block}; using {block - 1}", stacklevel=3
+            )
             max_new_tokens = block - 1
         room = block - max_new_tokens
         if any(len(p) > room for p in prompts):
@@ -173,7 +177,9 @@ class Engine:
     ) -> list[list[int]]:
         """Completions as token ids (stop token included when one was produced), num_samples per prompt."""
         outputs: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
-        for step in self.generate_tokens(prompts, params, num_samples=num_samples, stop_ids=stop_ids, seed=seed):
+        for step in self.generate_tokens(
+            prompts, params, num_samples=num_samples, stop_ids=stop_ids, seed=seed
+        ):
             for row, token in step:
                 outputs[row].append(token)
         return outputs
@@ -206,7 +212,9 @@ class Engine:
         num_samples: int = 1,
     ) -> list[str]:
         """Generate text for each prompt (num_samples per prompt, in prompt order)."""
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
+        )
         stop_strings = [stop] if isinstance(stop, str) else list(stop or [])
         ids = self._encode_prompts(prompts)
         if not stop_strings:
@@ -236,7 +244,9 @@ class Engine:
         seed: int | None = None,
     ) -> Iterator[str]:
         """Yield the completion's text piece by piece as it is generated (whole characters only)."""
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
+        )
         stop_strings = [stop] if isinstance(stop, str) else list(stop or [])
         streamer = TextStreamer(self.tok, stop_strings, self.default_stop_ids)
         for step in self.generate_tokens(self._encode_prompts([prompt]), params, seed=seed):
@@ -250,7 +260,9 @@ class Engine:
             yield tail
 
     @torch.inference_mode()
-    def score_ids(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 16) -> list[list[float]]:
+    def score_ids(
+        self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 16
+    ) -> list[list[float]]:
         """Per-token log p(continuation | prompt) for each (prompt_ids, continuation_ids) pair."""
         block = self.model.config.block_size
         results: list[list[float]] = []
@@ -262,7 +274,9 @@ class Engine:
                 if not cont:
                     raise ValueError("score: the continuation is empty")
                 if len(cont) >= block:
-                    raise ValueError(f"score: continuation of {len(cont)} tokens does not fit the {block}-token context")
+                    raise ValueError(
+                        f"score: continuation of {len(cont)} tokens does not fit the {block}-token context"
+                    )
                 seq = (list(prompt) or [self.tok.eot_id]) + list(cont)
                 seqs.append(seq[-block:])
                 n_cont.append(len(cont))
@@ -273,12 +287,16 @@ class Engine:
             ids = ids.to(self.device)
             with self._autocast():
                 logits = self.model(ids)[0].float()  # (B, T, V), right padding is harmless for a causal model
-            logprobs = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+            logprobs = (
+                F.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            )  # (B, T-1)
             for i, s in enumerate(seqs):
                 results.append(logprobs[i, len(s) - 1 - n_cont[i] : len(s) - 1].tolist())
         return results
 
-    def score(self, prompt: str | Sequence[int], continuation: str | Sequence[int]) -> tuple[float, list[float]]:
+    def score(
+        self, prompt: str | Sequence[int], continuation: str | Sequence[int]
+    ) -> tuple[float, list[float]]:
         """(sum of log-probs, per-token log-probs) of continuation given prompt."""
         p = self.tok.encode(prompt) if isinstance(prompt, str) else list(prompt)
         c = self.tok.encode(continuation) if isinstance(continuation, str) else list(continuation)
@@ -289,7 +307,9 @@ class Engine:
 class TextStreamer:
     """Turns a stream of token ids into text pieces, holding back incomplete UTF-8 and stop strings."""
 
-    def __init__(self, tok: Tokenizer, stop_strings: Sequence[str] = (), stop_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self, tok: Tokenizer, stop_strings: Sequence[str] = (), stop_ids: Sequence[int] = ()
+    ) -> None:
         self.tok = tok
         self.stop_strings = list(stop_strings)
         self.stop_ids = set(stop_ids)

@@ -306,7 +306,9 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Position ids (B, T): counted over real tokens only, so left padding does not shift them."""
         if cache is not None:
-            step = pad_mask.long().cumsum(1) if pad_mask is not None else torch.arange(1, T + 1, device=device)
+            step = (
+                pad_mask.long().cumsum(1) if pad_mask is not None else torch.arange(1, T + 1, device=device)
+            )
             return (cache.next_pos[:, None] + step - 1).clamp(min=0)
         if pad_mask is not None:
             return (pad_mask.long().cumsum(1) - 1).clamp(min=0)
@@ -393,4 +395,13 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> float:
     return 6 * n_matmul + 12 * L * C * T
 
 
-__all__ = ["GPT", "GPTConfig", "IGNORE_INDEX", "KVCache", "PRESETS", "count_params", "flops_per_token", "with_head"]
+__all__ = [
+    "GPT",
+    "GPTConfig",
+    "IGNORE_INDEX",
+    "KVCache",
+    "PRESETS",
+    "count_params",
+    "flops_per_token",
+    "with_head",
+]

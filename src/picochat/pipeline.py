@@ -320,9 +320,9 @@ def headline(root: Path) -> dict[str, Any]:
     for row in ft.get("table", []):
         out[f"fine-tuned accuracy: {row['task']} (chance {row['chance']:.2f})"] = row.get("accuracy")
     sft = read("sft", SUMMARY)
-    for key in ("task_score_before", "task_score_after", "end_rate"):
-        if key in sft:
-            out[f"SFT {key}"] = sft[key]
+    for key in ("task_score", "task_accuracy", "end_rate"):
+        if key in sft.get("after", {}):
+            out[f"checkable-task {key}: base -> SFT"] = f"{sft['before'][key]:.3f} -> {sft['after'][key]:.3f}"
     rm = read("rm", SUMMARY)
     if "rm/accuracy" in rm:
         out["RM held-out pairwise accuracy"] = rm["rm/accuracy"]
@@ -330,7 +330,7 @@ def headline(root: Path) -> dict[str, Any]:
         s = read(name, SUMMARY)
         if "winrate/win_rate" in s:
             out[f"{name} win rate over SFT"] = s["winrate/win_rate"]
-            out[f"{name} KL to SFT (k1)"] = s.get("ppo/kl_k1")
+            out[f"{name} KL to SFT (k1, last iteration)"] = s.get("last/ppo/kl_k1")
     return out
 
 

@@ -50,8 +50,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    pts = [(r["step"], r[key]) for r in records if key in r and isinstance(r[key], (int, float))]
+def series(records: list[dict[str, Any]], key: str, x: str = "step") -> tuple[list[float], list[float]]:
+    pts = [(r[x], r[key]) for r in records if key in r and x in r and isinstance(r[key], (int, float))]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -112,8 +112,8 @@ def section_pretrain(root: Path) -> str:
     if not summary:
         return ""
     records = read_metrics(root / "pretrain" / "metrics.jsonl")
-    evals = read_json(root / "eval" / "summary.json")
-    bigram = evals.get("bigram/bpb") or evals.get("lm", {}).get("bigram/bpb")
+    evals = read_json(root / "eval" / "summary.json").get("lm", {})
+    bigram = evals.get("bigram/bpb")
     plots = root / PLOTS
     loss_png = line_plot(
         plots / "pretrain_loss.png",
@@ -160,7 +160,7 @@ def section_evals(root: Path) -> str:
     tasks: dict[str, dict[str, Any]] = {}
     for row in shots:
         tasks.setdefault(row["task"], {"chance": row.get("chance")})[f"{row['k']}-shot"] = row["accuracy"]
-    for row in finetune.get("tasks", []):
+    for row in finetune.get("table", []):
         tasks.setdefault(row["task"], {"chance": row.get("chance")})["fine-tuned"] = row.get("accuracy")
     ks = sorted(
         {k for t in tasks.values() for k in t if k.endswith("-shot")}, key=lambda s: int(s.split("-")[0])
@@ -183,13 +183,26 @@ def section_sft(root: Path) -> str:
         [("train (assistant tokens)", *series(records, "train/loss")), ("held-out", *series(records, "val/loss"))],
         "SFT loss", "nats / assistant token",
     )  # fmt: skip
-    keys = [k for k in summary if isinstance(summary[k], (int, float)) and k != "seconds"]
+    rows = [[k, v] for k, v in summary.items() if isinstance(v, (int, float)) and k != "seconds"]
+    before, after = summary.get("before", {}), summary.get("after", {})
+    for key in ("task_score", "task_accuracy", "end_rate"):
+        if key in before or key in after:
+            rows.append([f"{key} (base -> SFT)", f"{fmt(before.get(key))} -> {fmt(after.get(key))}"])
     out = [
         "## Supervised fine-tuning (chat)",
-        table(["metric", "value"], [[k, summary[k]] for k in keys]),
+        table(["metric", "value"], rows),
         "",
         image(png, root, "SFT loss"),
     ]
+    samples = summary.get("chat_samples", [])
+    if samples:
+        out += ["Held-out chat samples from the SFT policy:", ""]
+        out += [
+            f"- **user:** {html.escape(x['user'])} — **assistant:** {html.escape(x['assistant'])!s}".replace(
+                "\n", " "
+            )
+            for x in samples[:4]
+        ]
     return "\n".join(out)
 
 
@@ -198,7 +211,10 @@ def section_rm(root: Path) -> str:
     if not summary:
         return ""
     rows = [[k, v] for k, v in summary.items() if isinstance(v, (int, float)) and k != "seconds"]
-    out = ["## Reward model", table(["metric", "value"], rows)]
+    out = [
+        "## Reward model (collect K answers from SFT, rank with the gold labeler, train on all pairs)",
+        table(["metric", "value"], rows),
+    ]
     families = summary.get("rm/per_family") or summary.get("per_family")
     if isinstance(families, dict):
         fam_rows = [
@@ -214,9 +230,9 @@ def section_rm(root: Path) -> str:
     calib = read_json(root / "rm" / "calibration.json")
     if calib.get("bins"):
         bins = calib["bins"]
-        xs = [b.get("predicted", b.get("mean_predicted")) for b in bins if b.get("n", b.get("count", 0))]
-        ys = [b.get("empirical", b.get("frequency")) for b in bins if b.get("n", b.get("count", 0))]
-        if xs and all(x is not None for x in xs) and all(y is not None for y in ys):
+        xs = [b["mean_pred"] for b in bins if b.get("n")]
+        ys = [b["empirical"] for b in bins if b.get("n")]
+        if xs:
             fig, ax = plt.subplots(figsize=(4, 4), dpi=110)
             ax.plot([0.5, 1], [0.5, 1], "--", color="gray")
             ax.plot(xs, ys, marker="o")
@@ -249,17 +265,17 @@ def section_ppo(root: Path) -> str:
     for key, label in PPO_CURVES:
         png = line_plot(
             root / PLOTS / f"{key.replace('/', '_')}.png",
-            [(name, *series(read_metrics(root / name / "metrics.jsonl"), key)) for name in runs],
+            [(name, *series(read_metrics(root / name / "metrics.jsonl"), key, "iteration")) for name in runs],
             label, label, xlabel="PPO iteration",
         )  # fmt: skip
         out.append(image(png, root, label))
     rows = []
     for name in runs:
         s = read_json(root / name / "summary.json")
-        w = s.get("winrate", {}) if isinstance(s.get("winrate"), dict) else {}
         rows.append([
-            name, w.get("winrate", s.get("winrate/winrate")), w.get("ci_low"), w.get("ci_high"),
-            s.get("ppo/kl_k1", s.get("final/kl")), s.get("ptx/heldout_lm_loss_rl"), s.get("ptx/heldout_lm_loss_sft"),
+            name, s.get("winrate/win_rate"), s.get("winrate/ci_low"), s.get("winrate/ci_high"),
+            s.get("winrate/gold_policy"), s.get("winrate/gold_baseline"), s.get("last/ppo/kl_k1"),
+            s.get("ptx/heldout_lm_loss_rl"), s.get("ptx/heldout_lm_loss_sft"),
         ])  # fmt: skip
     out += [
         "",

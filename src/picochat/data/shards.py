@@ -106,7 +106,9 @@ class RandomWindows:
         self.rng.bit_generator.state = state["rng"]
 
 
-def eval_windows(ids: np.ndarray, block_size: int, batch_size: int, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def eval_windows(
+    ids: np.ndarray, block_size: int, batch_size: int, n_batches: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed, evenly spaced validation windows (the same every evaluation, so curves are comparable)."""
     n = batch_size * n_batches
     last = len(ids) - block_size - 1

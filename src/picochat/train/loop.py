@@ -247,7 +247,11 @@ class MetricsLog:
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            keep = [
+                ln
+                for ln in path.read_text().splitlines()
+                if ln and json.loads(ln).get("step", 0) <= resume_step
+            ]
             path.write_text("".join(ln + "\n" for ln in keep))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -366,7 +370,9 @@ class Trainer:
         self.state.data = self.source.state_dict()
         trainer_json = {"state": asdict(self.state), "optimizer": opt_rest}
         meta = {**self.meta, "step": self.state.step, "tokens_seen": self.state.tokens_seen}
-        save_checkpoint(self.ckpt_dir, model, self.tok, meta=meta, trainer_tensors=tensors, trainer_json=trainer_json)
+        save_checkpoint(
+            self.ckpt_dir, model, self.tok, meta=meta, trainer_tensors=tensors, trainer_json=trainer_json
+        )
 
     def resume(self) -> bool:
         """Load model, optimizer, RNG, data position and TrainState from out_dir/ckpt if it is resumable."""
@@ -414,7 +420,9 @@ class Trainer:
             n_tokens += tokens
             for k, v in metrics.items():
                 extra[k] = extra.get(k, 0.0) + float(v)
-        totals = all_reduce_sum(torch.stack([loss_sum, n_items, torch.tensor(float(n_tokens), dtype=torch.float64)]), self.dist)
+        totals = all_reduce_sum(
+            torch.stack([loss_sum, n_items, torch.tensor(float(n_tokens), dtype=torch.float64)]), self.dist
+        )
         global_items = max(float(totals[1]), 1.0)
         # DDP averaged the gradients over ranks; turn that into the sum over all items / global items
         scale = self.dist.world_size / global_items
@@ -489,7 +497,10 @@ class Trainer:
                         val_loss = val.get("val/loss", math.inf)
                         self.state.best_val = min(self.state.best_val, val_loss)
                         log.write({"step": self.state.step, **val})
-                        self.print(f"eval step {self.state.step}: " + " | ".join(f"{k} {v:.4f}" for k, v in val.items()))
+                        self.print(
+                            f"eval step {self.state.step}: "
+                            + " | ".join(f"{k} {v:.4f}" for k, v in val.items())
+                        )
                 if self.state.step % cfg.save_every == 0 or last or stop.requested:
                     self.save()
                 if stop.requested:

@@ -108,11 +108,15 @@ def prepare_data(cfg: CorpusConfig, data_dir: Path, log: Any = print) -> Prepare
 def open_data(data_dir: Path) -> PreparedData:
     meta_path = Path(data_dir) / DATA_META
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} is missing; run `picochat tokenizer --out {Path(data_dir).parent}`")
+        raise FileNotFoundError(
+            f"{meta_path} is missing; run `picochat tokenizer --out {Path(data_dir).parent}`"
+        )
     meta = json.loads(meta_path.read_text())
     tok = Tokenizer.load(Path(data_dir) / "tokenizer.json")
     if tok.identity() != meta["tokenizer_identity"]:
-        raise ValueError(f"{data_dir}/tokenizer.json does not match the shards in {data_dir}; rerun `picochat tokenizer`")
+        raise ValueError(
+            f"{data_dir}/tokenizer.json does not match the shards in {data_dir}; rerun `picochat tokenizer`"
+        )
     return PreparedData(
         dir=Path(data_dir),
         tok=tok,
@@ -129,7 +133,9 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> StepO
     device = next(model.parameters()).device
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     logits, _ = model(x)
-    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    loss_sum = F.cross_entropy(
+        logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     n = int((y != IGNORE_INDEX).sum())
     return StepOut(loss_sum=loss_sum, n_items=n, n_tokens=x.numel())
 
@@ -190,7 +196,11 @@ def pretrain(
         meta={"stage": "pretrain", "val_tokens_per_byte": data.val_tokens_per_byte},
     )  # fmt: skip
     state = trainer.run(resume=resume)
-    summary: dict[str, Any] = {"steps": state.step, "tokens_seen": state.tokens_seen, "elapsed_s": state.elapsed_s}
+    summary: dict[str, Any] = {
+        "steps": state.step,
+        "tokens_seen": state.tokens_seen,
+        "elapsed_s": state.elapsed_s,
+    }
     if dist.is_main:
         final = trainer.evaluate()
         summary.update(final)
