@@ -94,10 +94,33 @@ PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {  # the default: the whole recipe on a 2-core CPU in ~15 minutes
         "pretrain": {
             "model": {"preset": "tiny"},
-            "optim": {"max_steps": 600, "batch_size": 16, "lr": 3e-3, "warmup_steps": 30},
-            "run": {"eval_every": 100, "save_every": 100, "eval_batches": 8},
+            "optim": {"max_steps": 270, "batch_size": 8, "lr": 2e-3, "warmup_steps": 20},
+            "run": {"eval_every": 90, "save_every": 90, "eval_batches": 8, "log_every": 30},
         },
-        "ppo_ptx": {"ppo": {"ptx_coef": 1.0}},
+        "eval": {"n": 40, "shots": [0, 1, 4]},
+        "finetune": {
+            "overrides": [
+                "optim.max_steps=40",
+                "optim.batch_size=16",
+                "optim.lr=1e-3",
+                "eval_train_examples=100",
+                "max_len=48",
+            ],
+        },
+        "sft": {
+            "eval_tasks": 112,
+            "eval_max_new_tokens": 32,
+            "optim": {"max_steps": 60, "batch_size": 16, "lr": 1e-3, "warmup_steps": 10},
+            "run": {"eval_every": 30, "save_every": 30, "eval_batches": 4, "log_every": 10},
+        },
+        "rm": {
+            "n_heldout": 96,
+            "collect": {"n_prompts": 512, "max_new_tokens": 32},
+            "optim": {"max_steps": 40, "lr": 1e-3, "warmup_steps": 5},
+            "run": {"eval_every": 40, "save_every": 40, "log_every": 10},
+        },
+        "ppo": {"ppo": {"iterations": 8, "max_new_tokens": 32}},
+        "ppo_ptx": {"ppo": {"iterations": 8, "max_new_tokens": 32, "ptx_coef": 1.0}},
     },
     "small-cpu": {
         "pretrain": {
