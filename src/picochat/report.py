@@ -93,7 +93,7 @@ def image(path: Path | None, root: Path, alt: str) -> str:
 
 def section_environment(root: Path, record: dict[str, Any]) -> str:
     env = record.get("environment", {})
-    out = ["## Environment", table(["item", "value"], sorted(env.items()))]
+    out = ["## Environment", table(["item", "value"], sorted(env.items()))] if env else []
     stages = record.get("stages", {})
     if stages:
         rows = []

@@ -1,0 +1,75 @@
+"""The whole recipe on the micro preset: every stage runs, every artefact exists, and the report's
+headline numbers are the ones the stages logged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STAGE_OUTPUTS = {
+    "data": ["tokenizer.json", "train.bin", "val.bin"],
+    "pretrain": ["ckpt/model.safetensors", "metrics.jsonl", "config.toml", "summary.json"],
+    "eval": ["eval.json", "summary.json"],
+    "finetune": [
+        "sentiment/ckpt/model.safetensors",
+        "nli/summary.json",
+        "paraphrase/summary.json",
+        "cloze/summary.json",
+    ],
+    "sft": ["ckpt/model.safetensors", "metrics.jsonl", "summary.json"],
+    "rm": ["ckpt/model.safetensors", "calibration.json", "summary.json"],
+    "ppo": ["ckpt/model.safetensors", "metrics.jsonl", "winrate.json", "summary.json"],
+    "ppo_ptx": ["ckpt/model.safetensors", "summary.json"],
+    "transcripts": ["summary.json"],
+}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pipeline") / "micro"
+    r = subprocess.run(
+        [sys.executable, "-m", "picochat.cli", "pipeline", "--preset", "micro", "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"outputs in {out}" in r.stdout
+    return out
+
+
+def test_every_stage_wrote_its_artefacts(run_dir: Path) -> None:
+    for stage, files in STAGE_OUTPUTS.items():
+        for name in files:
+            assert (run_dir / stage / name).exists(), f"{stage}/{name}"
+    for name in ("report.md", "report.html", "pipeline.json", "plots/pretrain_loss.png"):
+        assert (run_dir / name).exists(), name
+
+
+def test_report_numbers_are_the_logged_ones(run_dir: Path) -> None:
+    report = (run_dir / "report.md").read_text()
+    pretrain = json.loads((run_dir / "pretrain" / "summary.json").read_text())
+    last_val = [json.loads(x) for x in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    last_val = [r for r in last_val if "val/bpb" in r][-1]
+    assert f"| val bits/byte (GPT) | {pretrain['val/bpb']:.3f} |" in report
+    assert abs(pretrain["val/bpb"] - last_val["val/bpb"]) < 1e-9
+    rm = json.loads((run_dir / "rm" / "summary.json").read_text())
+    assert f"| RM held-out pairwise accuracy | {rm['rm/accuracy']:.3f} |" in report
+    ppo = json.loads((run_dir / "ppo" / "summary.json").read_text())
+    winrate = json.loads((run_dir / "ppo" / "winrate.json").read_text())
+    assert ppo["winrate/win_rate"] == winrate["win_rate"]
+    assert f"| ppo win rate over SFT | {winrate['win_rate']:.3f} |" in report
+    evals = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert f"| val bits/byte (bigram) | {evals['lm']['bigram/bpb']:.3f} |" in report
+
+
+def test_rerun_skips_finished_stages(run_dir: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "picochat.cli", "pipeline", "--preset", "micro", "--out", str(run_dir), "--stages", "tokenizer,pretrain,report"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tokenizer: done already" in r.stdout and "pretrain: done already" in r.stdout
+    assert "report: wrote" in r.stdout
