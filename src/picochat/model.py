@@ -324,12 +324,11 @@ class GPT(nn.Module):
         """Final hidden states (B, T, C). pad_mask (B, T): True on real tokens (padding on the left)."""
         B, T = idx.shape
         end = T + (cache.length if cache is not None else 0)
-        limit = cache.max_len if cache is not None else self.config.block_size
+        limit = min(cache.max_len, self.config.block_size) if cache is not None else self.config.block_size
         if end > limit:
             raise ValueError(f"sequence of {end} tokens exceeds the limit of {limit} (block_size/cache)")
+        # positions never exceed the slot index (< end <= block_size), so no device sync is needed to check them
         pos = self.positions(B, T, idx.device, pad_mask, cache)
-        if int(pos.max()) >= self.config.block_size:
-            raise ValueError(f"position {int(pos.max())} exceeds block_size {self.config.block_size}")
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         if cache is not None:
             real = pad_mask if pad_mask is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
