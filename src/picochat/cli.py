@@ -347,6 +347,48 @@ def add_winrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="also write the JSON report here")
 
 
+def cmd_export_hf(args: argparse.Namespace, cfg: Any) -> None:
+    from picochat.hf import export_hf
+
+    out = export_hf(args.ckpt, args.out, dtype=args.dtype, task=args.task)
+    print(f"export-hf: wrote {out} (load with transformers' AutoModelForCausalLM.from_pretrained)")
+
+
+def add_export_hf_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="picochat checkpoint directory")
+    p.add_argument("--out", required=True, help="output directory for the transformers model")
+    p.add_argument(
+        "--dtype", default=None, choices=["float16", "bfloat16"], help="weights dtype (default float32)"
+    )
+    p.add_argument("--task", default="auto", choices=["auto", "causal-lm", "classifier"],
+                   help="auto: a checkpoint with a head exports as GPT2ForSequenceClassification")  # fmt: skip
+
+
+def cmd_import_hf(args: argparse.Namespace, cfg: Any) -> None:
+    from picochat.hf import import_hf
+
+    out = import_hf(args.hf_dir, args.out, allow_pickle=args.allow_pickle)
+    print(f"import-hf: wrote picochat checkpoint {out}")
+
+
+def add_import_hf_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("hf_dir", help="local transformers GPT-2 directory (config.json + model.safetensors)")
+    p.add_argument("--out", required=True, help="picochat checkpoint directory to write")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pytorch_model.bin (loaded with torch.load(weights_only=True)); off by default")  # fmt: skip
+
+
+def cmd_report(args: argparse.Namespace, cfg: Any) -> None:
+    from picochat.report import build_report
+
+    md_path, html_path = build_report(args.run)
+    print(f"report: wrote {md_path} and {html_path}")
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="pipeline run directory (runs/NAME)")
+
+
 def build_commands() -> list[Command]:
     from picochat.config import (
         CollectConfig,
@@ -383,6 +425,19 @@ def build_commands() -> list[Command]:
             add_pretrain_args,
         ),
         Command("sample", "generate text from a checkpoint", SampleConfig, cmd_sample, add_sample_args),
+        Command(
+            "report", "rebuild report.md / report.html of a run directory", None, cmd_report, add_report_args
+        ),
+        Command(
+            "export-hf",
+            "export a checkpoint to a transformers directory",
+            None,
+            cmd_export_hf,
+            add_export_hf_args,
+        ),
+        Command(
+            "import-hf", "import a transformers GPT-2 directory", None, cmd_import_hf, add_import_hf_args
+        ),
         Command("serve", "web chat, OpenAI API, labeling page (--ckpt)", None, cmd_serve, add_serve_args),
         Command("labels", "export human rankings (labels export)", None, cmd_labels, add_labels_args),
         Command(
@@ -502,6 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as e:
         print(f"picochat: error: {e}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as e:
+        extra = {"transformers": "hf", "playwright": "browser"}.get(e.name or "", "dev")
+        print(f"picochat: error: {e}; install it with pip install -e '.[{extra}]'", file=sys.stderr)
+        return EXIT_USER_ERROR
     except (ConfigError, CheckpointError, *USER_ERRORS) as e:
         print(f"picochat: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
