@@ -8,7 +8,7 @@ throughput at 16 clients (dynamic batching, serve/scheduler.py).
 
     python benchmarks/serve_load.py [--ckpt runs/x/ckpt] [--clients 16,50] [--max-tokens 64]
 
-Without --ckpt it uses /tmp/tiny1/ckpt when present, else a random-init `tiny` preset (4 layers, 256
+Without --ckpt it uses runs/tiny/sft/ckpt (the pipeline's SFT model) when present, else a random-init `tiny` preset (4 layers, 256
 wide, context 256) with a small BPE trained on the spot: throughput does not depend on the weights.
 """
 
@@ -52,7 +52,7 @@ class Result:
 def build_engine(ckpt: str | None) -> Engine:
     from picochat.checkpoint import load_checkpoint
 
-    path = Path(ckpt) if ckpt else Path("/tmp/tiny1/ckpt")
+    path = Path(ckpt) if ckpt else Path("runs/tiny/sft/ckpt")
     if path.is_dir():
         model, tok = load_checkpoint(path)
         print(f"model: {path}")
@@ -124,7 +124,7 @@ def report(name: str, results: list[Result], wall: float, baseline: float | None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--ckpt", default=None, help="checkpoint to serve (default /tmp/tiny1/ckpt or random tiny)"
+        "--ckpt", default=None, help="checkpoint to serve (default runs/tiny/sft/ckpt or random tiny)"
     )
     parser.add_argument("--clients", default="16,50", help="comma-separated concurrent client counts")
     parser.add_argument(
