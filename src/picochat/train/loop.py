@@ -104,6 +104,7 @@ class Plan:
     grad_accum: int
     world_size: int
     items_per_step: str
+    loss_averaged_over: str
     max_steps: int
     dtype: str
     device: str
@@ -318,7 +319,7 @@ class Trainer:
     dist: Dist = field(default_factory=Dist)
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    items_name: str = "tokens"
+    items_name: str = "tokens"  # what loss_fn's n_items counts; printed in the plan
 
     def __post_init__(self) -> None:
         self.device = self.dist.device
@@ -347,6 +348,7 @@ class Trainer:
             grad_accum=self.optim_cfg.grad_accum,
             world_size=self.dist.world_size,
             items_per_step=f"{self.optim_cfg.batch_size * self.optim_cfg.grad_accum * self.dist.world_size} sequences",
+            loss_averaged_over=self.items_name,
             max_steps=self.optim_cfg.max_steps,
             dtype=str(self.dtype or torch.float32).replace("torch.", ""),
             device=str(self.device),
