@@ -15,7 +15,9 @@ pytest.importorskip("transformers")
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "picochat.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "picochat.cli", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_export_then_import_round_trips_the_weights(tok, micro_model, tmp_path: Path) -> None:
@@ -34,7 +36,9 @@ def test_export_then_import_round_trips_the_weights(tok, micro_model, tmp_path: 
 def test_import_refuses_pickle_without_the_flag(tmp_path: Path) -> None:
     hf = tmp_path / "hf"
     hf.mkdir()
-    (hf / "config.json").write_text('{"model_type": "gpt2", "n_layer": 1, "n_head": 1, "n_embd": 8, "vocab_size": 300}')
+    (hf / "config.json").write_text(
+        '{"model_type": "gpt2", "n_layer": 1, "n_head": 1, "n_embd": 8, "vocab_size": 300}'
+    )
     (hf / "pytorch_model.bin").write_bytes(b"not really a pickle")
     r = run("import-hf", str(hf), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "pickle" in r.stderr.lower() and "Traceback" not in r.stderr

@@ -6,7 +6,6 @@ chat.png after a streamed answer, label.png before submitting a ranking.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +19,7 @@ from picochat.serve.labels import LabelStore
 from picochat.tokenizer import Tokenizer
 
 sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TOKEN = "browser-token"
 XSS_PROMPT = '<img src=x onerror="window.__xss=1"> what is 2 + 2?'
 
@@ -44,23 +39,11 @@ def server(tok: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @pytest.fixture(scope="module")
-def page() -> Iterator[sync_api.Page]:
-    ARTIFACTS.mkdir(exist_ok=True)
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-    ]
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        page = browser.new_page(viewport={"width": 1100, "height": 760})
-        yield page
-        browser.close()
+def page(browser: sync_api.Browser) -> sync_api.Page:
+    return browser.new_page(viewport={"width": 1100, "height": 760})
 
 
-def test_chat_streams_an_answer(server: tuple[str, Path], page: sync_api.Page) -> None:
+def test_chat_streams_an_answer(server: tuple[str, Path], page: sync_api.Page, artifacts: Path) -> None:
     url, _ = server
     page.goto(url + "/")
     sync_api.expect(page.locator("#model-name")).to_have_text("picochat-browser")
@@ -73,12 +56,12 @@ def test_chat_streams_an_answer(server: tuple[str, Path], page: sync_api.Page) -
     sync_api.expect(page.locator("#send")).to_be_enabled(timeout=30_000)
     assert len(answer.text_content()) > 0
     assert page.locator(".msg.user b").count() == 0
-    page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "chat.png"), full_page=True)
     page.click("#new-chat")
     assert page.locator(".msg").count() == 0
 
 
-def test_label_page_stores_a_ranking(server: tuple[str, Path], page: sync_api.Page) -> None:
+def test_label_page_stores_a_ranking(server: tuple[str, Path], page: sync_api.Page, artifacts: Path) -> None:
     url, db = server
     page.goto(f"{url}/label#token={TOKEN}")
     selects = page.locator("select.rank")
@@ -89,7 +72,7 @@ def test_label_page_stores_a_ranking(server: tuple[str, Path], page: sync_api.Pa
     for i, rank in enumerate(["2", "1", "2"]):
         selects.nth(i).select_option(rank)
     page.fill("#labeler", "playwright")
-    page.screenshot(path=str(ARTIFACTS / "label.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "label.png"), full_page=True)
     page.click("#submit")
     sync_api.expect(page.locator("#label-count")).to_have_text("1 labels", timeout=30_000)
     (row,) = LabelStore(db).rows()

@@ -4,7 +4,6 @@ in tests/artifacts/report.png. Skipped when Playwright or Chromium is missing.""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,6 @@ import pytest
 from picochat.report import build_report
 
 sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 def fake_run(root: Path) -> None:
@@ -35,26 +29,16 @@ def fake_run(root: Path) -> None:
     )
 
 
-def test_report_renders_with_plots(tmp_path: Path) -> None:
+def test_report_renders_with_plots(browser: sync_api.Browser, artifacts: Path, tmp_path: Path) -> None:
     fake_run(tmp_path)
     _, html_path = build_report(tmp_path)
-    ARTIFACTS.mkdir(exist_ok=True)
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-    ]
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        page = browser.new_page(viewport={"width": 1000, "height": 1400})
-        page.goto(html_path.as_uri())
-        assert "picochat report" in page.title()
-        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
-        assert len(widths) >= 2 and all(w > 0 for w in widths)
-        assert page.locator("table").count() >= 2
-        assert "2.500" in page.inner_text("body")
-        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        browser.close()
-    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+    page = browser.new_page(viewport={"width": 1000, "height": 1400})
+    page.goto(html_path.as_uri())
+    assert "picochat report" in page.title()
+    widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) >= 2 and all(w > 0 for w in widths)
+    assert page.locator("table").count() >= 2
+    assert "2.500" in page.inner_text("body")
+    page.screenshot(path=str(artifacts / "report.png"), full_page=True)
+    page.close()
+    assert (artifacts / "report.png").stat().st_size > 10_000
