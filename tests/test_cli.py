@@ -94,3 +94,47 @@ def test_empty_and_binary_corpus_rejected(tmp_path: Path) -> None:
     for path in (empty, binary):
         r = picochat("pretrain", "--out", str(tmp_path / "o"), f"data.path={path}", *MICRO)
         assert r.returncode == 2 and str(path) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_writes_a_checkpoint_then_resume_finishes(corpus: Path, tmp_path: Path) -> None:
+    """A graceful stop (SIGTERM, as from a scheduler, or Ctrl-C) saves the current step before exiting."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = [
+        "pretrain",
+        "--out",
+        str(out),
+        f"data.path={corpus}",
+        "optim.max_steps=100000",
+        "run.save_every=100000",
+        *MICRO,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "picochat.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "resume with --resume" in stderr
+    saved = json.loads((out / "ckpt" / "config.json").read_text())["meta"]["step"]
+    assert saved >= 3
+    r = picochat(
+        "pretrain",
+        "--out",
+        str(out),
+        "--resume",
+        f"data.path={corpus}",
+        f"optim.max_steps={saved + 2}",
+        *MICRO,
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"at step {saved}" in r.stdout
