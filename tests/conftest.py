@@ -31,6 +31,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
+def sample_text() -> str:
+    """A few KB of text (the same the `tok` fixture's BPE was trained on)."""
+    return TEXT
+
+
+@pytest.fixture(scope="session")
 def tok() -> Tokenizer:
     return Tokenizer.train([TEXT], vocab_size=320)
 

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEXT
-
 
 def picochat(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -19,9 +17,9 @@ def picochat(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
+def corpus(tmp_path_factory: pytest.TempPathFactory, sample_text: str) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text(TEXT * 3)
+    path.write_text(sample_text * 3)
     return path
 
 

@@ -398,6 +398,16 @@ def stage_config_classes() -> dict[str, type]:
     }
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), or "" elsewhere."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
 def environment() -> dict[str, Any]:
     from picochat.train.loop import resolve_device, resolve_dtype
 
@@ -406,7 +416,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model() or platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "device": str(device),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
