@@ -91,7 +91,7 @@ PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             },
         },
     },
-    "tiny": {  # the default: the whole recipe on a 2-core CPU in ~15 minutes
+    "tiny": {  # the default: the whole recipe on a 2-core CPU (measured 16.8 min, see README)
         "pretrain": {
             "model": {"preset": "tiny"},
             "optim": {"max_steps": 270, "batch_size": 8, "lr": 2e-3, "warmup_steps": 20},
@@ -145,7 +145,7 @@ class PipelineConfig:
     """`picochat pipeline`: the stages, their preset and where they write."""
 
     preset: str = "tiny"
-    """stage settings: micro (seconds), tiny (2-core CPU, ~15 min), small-cpu, gpt2 (one GPU)"""
+    """stage settings: micro (seconds), tiny (2-core CPU, ~17 min), small-cpu, gpt2 (one GPU)"""
     out: str = ""
     """run directory (default runs/<preset>)"""
     seed: int = 1337
