@@ -234,17 +234,9 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
             raise ApiError(400, str(e), param="messages") from e
         max_tokens = body.max_completion_tokens or body.max_tokens
         tickets = [scheduler.submit(gen_request(prompt_ids, body, max_tokens, "messages"))]
-        head = {
-            "id": f"chatcmpl-{secrets.token_hex(12)}",
-            "created": int(time.time()),
-            "model": options.model_name,
-        }
+        head = response_head("chatcmpl", options.model_name)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = stream_chat(tickets, head, body.n, [len(prompt_ids)], include_usage)
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-            )
+            return sse_response(stream_chat(tickets, head, body.n, [len(prompt_ids)], include_usage(body)))
         texts, reasons, usage = await collect(tickets, body.n, [len(prompt_ids)])
         choices = [
             {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r, "logprobs": None}
@@ -262,16 +254,10 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
         ids = [tok.encode(p) or [tok.eot_id] for p in prompts]
         requests = [gen_request(p, body, body.max_tokens, "prompt") for p in ids]
         tickets = [scheduler.submit(r) for r in requests]
-        head = {
-            "id": f"cmpl-{secrets.token_hex(12)}",
-            "created": int(time.time()),
-            "model": options.model_name,
-        }
+        head = response_head("cmpl", options.model_name)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = stream_text(tickets, head, body.n, [len(p) for p in ids], include_usage)
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            return sse_response(
+                stream_text(tickets, head, body.n, [len(p) for p in ids], include_usage(body))
             )
         texts, reasons, usage = await collect(tickets, body.n, [len(p) for p in ids])
         choices = [
@@ -355,6 +341,19 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
         return {"count": await asyncio.to_thread(labels.count)}
 
     return app
+
+
+def response_head(prefix: str, model_name: str) -> dict:
+    """The fields every completion response and chunk share: a fresh id, the time, the model."""
+    return {"id": f"{prefix}-{secrets.token_hex(12)}", "created": int(time.time()), "model": model_name}
+
+
+def include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def model_card(name: str) -> dict:
