@@ -20,8 +20,9 @@ answer sequences weighs as much as one with a single sequence.
 
 Deviations from GPT-1: no dropout in the classifier (tiny CPU models use dropout 0), a cosine schedule
 from the shared loop instead of GPT-1's linear decay, and the head initialised with std 1/sqrt(C+1)
-(model.py) instead of N(0, 0.02). Runs on one process (torchrun is refused with a clear error): the head
-needs `model.hidden`, which a DDP wrapper does not route through its forward.
+(model.py) instead of N(0, 0.02). Under torchrun (DDP or FSDP) the loss runs inside the wrapper's
+forward (train/parallel.py); each step's batch_size × world_size examples are dealt out by rank, so N
+ranks with batch B take the steps of one process with batch N·B.
 """
 
 from __future__ import annotations
@@ -233,14 +234,19 @@ class FinetuneLoss:
 
 
 class ExampleBatches:
-    """Shuffled epochs over the training examples; resumable (generator state at the epoch start + index)."""
+    """Shuffled epochs over the training examples; resumable (generator state at the epoch start + index).
+
+    Every rank draws the same global batch of batch_size × world_size examples and keeps its own slice.
+    """
 
     def __init__(
-        self, examples: Sequence[Example], fmt: str, batch_size: int, pad_id: int, seed: int
-    ) -> None:
+        self, examples: Sequence[Example], fmt: str, batch_size: int, pad_id: int, seed: int,
+        rank: int = 0, world_size: int = 1,
+    ) -> None:  # fmt: skip
         if not examples:
             raise ValueError("no training examples: the task's train split is empty")
         self.examples, self.fmt, self.batch_size, self.pad_id = list(examples), fmt, batch_size, pad_id
+        self.rank, self.world_size = rank, world_size
         self.rng = np.random.default_rng(seed)
         self.epoch_state = self.rng.bit_generator.state
         self.order = self.rng.permutation(len(self.examples))
@@ -248,14 +254,16 @@ class ExampleBatches:
 
     def next_batch(self) -> TaskBatch:
         picked: list[Example] = []
-        while len(picked) < self.batch_size:
+        n_global = self.batch_size * self.world_size
+        while len(picked) < n_global:
             if self.pos == len(self.order):
                 self.epoch_state = self.rng.bit_generator.state
                 self.order, self.pos = self.rng.permutation(len(self.examples)), 0
-            take = self.order[self.pos : self.pos + self.batch_size - len(picked)]
+            take = self.order[self.pos : self.pos + n_global - len(picked)]
             picked += [self.examples[i] for i in take]
             self.pos += len(take)
-        return collate(picked, self.fmt, self.pad_id)
+        mine = picked[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return collate(mine, self.fmt, self.pad_id)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch_rng": self.epoch_state, "pos": self.pos}
@@ -320,7 +328,7 @@ class HeldOutEval:
 def build_task(cfg: FinetuneConfig) -> TaskSet:
     """A built-in task (cfg.task) or the user's JSONL (cfg.data; test from cfg.test_data or a held-out share)."""
     if not cfg.data:
-        return load_task(cfg.task, seed=cfg.task_seed)
+        return load_task(cfg.task, seed=cfg.task_seed, level=cfg.level)
     fmt = cfg.format or None
     rows = load_task_jsonl(cfg.data, fmt)
     fmt = fmt or infer_format(rows)
@@ -362,15 +370,12 @@ def finetune(
 ) -> dict[str, Any]:
     """Fine-tune cfg.ckpt on one task; writes out_dir/{ckpt, metrics.jsonl, config.toml, summary.json}."""
     dist = dist or Dist()
-    if dist.enabled:
-        raise ValueError(
-            "finetune runs on one process; start it without torchrun (the tiny tasks take seconds)"
-        )
     if not cfg.ckpt:
         raise ValueError("finetune needs a base checkpoint: --ckpt runs/NAME/pretrain/ckpt (or ckpt=PATH)")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    save_config(cfg, out_dir / "config.toml")
+    if dist.is_main:
+        save_config(cfg, out_dir / "config.toml")
     base, tok = load_checkpoint(cfg.ckpt, device=dist.device)
     task = build_task(cfg)
     max_len = min(cfg.max_len, base.config.block_size)
@@ -381,19 +386,25 @@ def finetune(
     evaluator = HeldOutEval(test, task.format, tok.eot_id, cfg.eval_batch_size)
     trainer = Trainer(
         model=model, tok=tok, optim_cfg=cfg.optim, run_cfg=cfg.run, out_dir=out_dir, dist=dist,
-        source=ExampleBatches(train, task.format, cfg.optim.batch_size, tok.eot_id, cfg.run.seed),
+        source=ExampleBatches(
+            train, task.format, cfg.optim.batch_size, tok.eot_id, cfg.run.seed, dist.rank, dist.world_size
+        ),
         loss_fn=FinetuneLoss(cfg.aux_lm_weight), eval_fn=evaluator, items_name="examples",
         meta={"stage": "finetune", "task": task.name, "format": task.format, "label_names": task.label_names},
     )  # fmt: skip
-    print(
-        f"finetune: {task.name} ({task.format}), {len(train)} train / {len(test)} test, λ={cfg.aux_lm_weight}"
-    )
+    if dist.is_main:
+        print(
+            f"finetune: {task.name} ({task.format}), {len(train)} train / {len(test)} test, λ={cfg.aux_lm_weight}"
+        )
     state = trainer.run(resume=resume)
+    if not dist.is_main:  # rank 0 evaluates and writes the summary
+        return {"task": task.name, "steps": state.step, "train_s": state.elapsed_s}
+    model = trainer.model  # under FSDP: the gathered full model
     held_out = evaluator.last or trainer.evaluate()
     sub = train[: cfg.eval_train_examples]
     summary = {
         "task": task.name, "format": task.format, "label_names": task.label_names,
-        "n_train": len(train), "n_test": len(test), "accuracy": held_out["val/accuracy"],
+        "level": task.meta.get("level", cfg.level), "n_train": len(train), "n_test": len(test), "accuracy": held_out["val/accuracy"],
         "val_loss": held_out["val/loss"], "chance": chance_accuracy(task), "majority": majority_accuracy(task),
         "train_accuracy": accuracy(predict(model, sub, task.format, tok.eot_id, cfg.eval_batch_size), sub),
         "steps": state.step, "aux_lm_weight": cfg.aux_lm_weight, "lr": cfg.optim.lr,

@@ -201,6 +201,7 @@ def pretrain(
         "tokens_seen": state.tokens_seen,
         "elapsed_s": state.elapsed_s,
     }
+    model = trainer.model  # under FSDP: the gathered full model
     if dist.is_main:
         final = trainer.evaluate()
         summary.update(final)

@@ -23,6 +23,9 @@ What this stage adds to the shared loop:
 - evaluation: held-out assistant-token loss during training (`val/loss`, split into `val/task_loss` and
   `val/chat_loss`), and after training the checkable-task score of greedy answers, before (base) and
   after SFT, with the rate of answers that stop at <|end|>.
+
+Under torchrun (DDP or FSDP) each step's batch_size × world_size rows are dealt out by rank
+(`PackedSFTBatches`); rank 0 runs the task evaluations and writes the outputs.
 """
 
 from __future__ import annotations
@@ -444,6 +447,7 @@ def sft(cfg: SFTConfig, out_dir: Path, dist: Dist | None = None, resume: bool = 
     }
     if not dist.is_main:
         return summary
+    model = trainer.model  # under FSDP: the gathered full model
     model.eval()
     summary.update(trainer.evaluate())
     after = task_eval(model, tok, tasks, cfg.eval_max_new_tokens, trainer.dtype)
