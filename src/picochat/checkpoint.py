@@ -8,11 +8,14 @@ Layout of `NAME/` (DESIGN.md):
     trainer.json        optimizer hyper-parameters, TrainState (step, data position, ...)
 
 A checkpoint is written into `NAME.tmp/` and renamed into place, so a crash or a failed write never
-leaves a half-written `NAME/` and never destroys the previous good one.
+leaves a half-written `NAME/` and never destroys the previous good one. config.json, written last,
+records the sha256 of each safetensors file; loading checks it, so a flipped bit or a partial copy is an
+error instead of silently different weights (checkpoints written before this check have no digests).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import fields
@@ -33,6 +36,7 @@ TRAINER_TENSORS = "trainer.safetensors"
 TRAINER_JSON = "trainer.json"
 FORMAT_VERSION = 1
 TIED_KEY = "lm_head.weight"
+DIGESTS = "sha256"  # config.json key: {file name: sha256 hex digest}
 
 
 class CheckpointError(ValueError):
@@ -63,6 +67,27 @@ def atomic_dir_write(path: Path, write: Any) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_digest(file: Path) -> None:
+    """Compare `file` with the sha256 its checkpoint's config.json recorded (if any)."""
+    config_path = file.parent / CONFIG_FILE
+    if not config_path.is_file():
+        return
+    expected = read_config(file.parent).get(DIGESTS, {}).get(file.name)
+    if expected and file_sha256(file) != expected:
+        raise CheckpointError(
+            f"{file} does not match the sha256 recorded in {config_path} (a flipped bit or a partial copy); "
+            "restore it or use an older checkpoint"
+        )
 
 
 def recover_interrupted(path: Path) -> None:
@@ -128,10 +153,14 @@ def save_checkpoint(
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / MODEL_FILE))
         tok.save(tmp / TOKENIZER_FILE)
-        write_json(tmp / CONFIG_FILE, config)
+        written = [MODEL_FILE]
         if trainer_json is not None:
             save_file(trainer_tensors or {}, str(tmp / TRAINER_TENSORS))
             write_json(tmp / TRAINER_JSON, trainer_json)
+            written.append(TRAINER_TENSORS)
+        write_json(
+            tmp / CONFIG_FILE, {**config, DIGESTS: {name: file_sha256(tmp / name) for name in written}}
+        )
 
     atomic_dir_write(path, write)
     return path
@@ -191,6 +220,7 @@ def load_model_weights(model: GPT, file: Path) -> None:
             )
         if not torch.isfinite(tensors[k]).all():
             raise CheckpointError(f"{file}: tensor {k} contains NaN or inf")
+    check_digest(file)
     model.load_state_dict(tensors, strict=False)
 
 
@@ -222,13 +252,16 @@ def load_checkpoint(
 def load_trainer_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The trainer tensors and JSON of a resumable checkpoint, or None if it has none."""
     path = Path(path)
+    recover_interrupted(path)  # a run killed between the two renames of a save left it at NAME.old
     if not (path / TRAINER_JSON).is_file():
         return None
     try:
         rest = json.loads((path / TRAINER_JSON).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path / TRAINER_JSON} is not valid JSON: {e}") from None
-    return load_tensors(path / TRAINER_TENSORS), rest
+    tensors = load_tensors(path / TRAINER_TENSORS)
+    check_digest(path / TRAINER_TENSORS)
+    return tensors, rest
 
 
 def checkpoint_meta(path: str | Path) -> dict[str, Any]:

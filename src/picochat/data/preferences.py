@@ -180,8 +180,14 @@ def record_to_dict(record: PreferenceRecord) -> dict[str, Any]:
 def _read_json_lines(path: Path) -> Iterable[tuple[int, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"preference file {path} does not exist; write one with `picochat collect`")
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path}:{line_no}: not UTF-8 (undecodable byte at column {e.start + 1})"
+                ) from None
             if not line.strip():
                 continue
             try:

@@ -1,5 +1,5 @@
 """The one training loop every stage shares: AdamW, warmup + cosine, accumulation, clipping, autocast,
-non-finite checks, evaluation, JSONL logging, atomic checkpoints and exact resume, DDP.
+non-finite checks, evaluation, JSONL logging, atomic checkpoints and exact resume, DDP and FSDP.
 
 A stage hands the loop a `BatchSource` (next_batch / state_dict / load_state_dict) and a
 `loss_fn(model, batch) -> StepOut(loss_sum, n_items, ...)`. The loop backpropagates the *sum* of each
@@ -11,6 +11,11 @@ even when batches hold different numbers of masked tokens (SFT).
 The learning-rate schedule is a pure function of the step (GPT-3 appendix B: linear warmup, cosine decay
 to 10% of the peak). Weight decay applies to matrices only (nanoGPT). PPO runs its own outer loop but
 updates through `optimizer_step`, so clipping and the non-finite check exist once.
+
+Under torchrun the loss runs inside the wrapper's forward (`self.module(loss_fn, batch)`, see
+train/parallel.py), so a stage's loss may use any part of the GPT (hidden states, heads). Under FSDP
+the trainer's `model` is replaced by a plain, full copy when `run()` returns (every rank calls the
+gather), so the stage can evaluate, generate and save on rank 0 as on one process.
 """
 
 from __future__ import annotations
@@ -248,12 +253,8 @@ class MetricsLog:
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            keep = [
-                ln
-                for ln in path.read_text().splitlines()
-                if ln and json.loads(ln).get("step", 0) <= resume_step
-            ]
-            path.write_text("".join(ln + "\n" for ln in keep))
+            keep = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -262,10 +263,23 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics JSONL file. A torn last line (a write cut short by a crash or a full
+    disk) is dropped; a bad line before the last raises ValueError naming the file and line."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    lines = path.read_text().splitlines()
+    records = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if no == len(lines):
+                break
+            raise ValueError(f"{path}:{no}: not valid JSON ({e.msg}); delete the line to go on") from None
+    return records
 
 
 class GracefulStop:
@@ -331,8 +345,7 @@ class Trainer:
         self.state = TrainState()
 
     def wrap(self, model: GPT) -> nn.Module:
-        if not self.dist.enabled:
-            return torch.compile(model) if self.run_cfg.compile else model
+        """The module called as `module(fn, *args)` -> fn(model, *args): DDP/FSDP under torchrun."""
         from picochat.train.parallel import wrap_model
 
         return wrap_model(model, self.dist, self.run_cfg, self.dtype)
@@ -401,7 +414,7 @@ class Trainer:
         ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
         with ctx:
             with autocast(self.device, self.dtype):
-                out = self.loss_fn(self.module, batch)
+                out = self.module(self.loss_fn, batch)
             out.loss_sum.backward()
         n = torch.as_tensor(out.n_items, dtype=torch.float64)
         return out.loss_sum.detach().double().cpu(), n, out.n_tokens or int(n), out.metrics
@@ -451,9 +464,21 @@ class Trainer:
             return {}
         self.model.eval()
         with torch.no_grad(), autocast(self.device, self.dtype):
-            out = self.eval_fn(self.model)
+            # FSDP: through the sharded root (every rank evaluates); else on the plain model
+            out = self.module(self.eval_fn) if self.sharded else self.eval_fn(self.model)
+        if self.sharded:
+            self.module.reshard()  # the root stays gathered after a forward without a backward
         self.model.train()
         return out
+
+    def consolidate(self) -> None:
+        """FSDP: make `self.model` a plain GPT with full tensors on every rank (collective)."""
+        if not self.sharded:
+            return
+        from picochat.train.parallel import StageForward, gather_model
+
+        self.model = gather_model(self.model).to(self.device)
+        self.module, self.sharded = StageForward(self.model), False
 
     def check_finite(self, rec: dict[str, Any]) -> bool:
         if math.isfinite(rec["train/loss"]) and math.isfinite(rec["gnorm"]):
@@ -508,6 +533,7 @@ class Trainer:
                 if stop.requested:
                     self.print(f"stopped by signal at step {self.state.step}; checkpoint in {self.ckpt_dir}")
                     raise StopRequested(str(self.ckpt_dir))
+        self.consolidate()
         return self.state
 
 
