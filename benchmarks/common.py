@@ -17,8 +17,11 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+
+M = TypeVar("M")  # one measurement: seconds, tokens/s, or a small record of both
 
 
 def machine() -> str:
@@ -92,11 +95,11 @@ def choose_dtype(device: torch.device) -> DtypeChoice:
     return DtypeChoice(dtype=torch.bfloat16 if bf16 > fp32 else None, peak_fp32=fp32, peak_bf16=bf16)
 
 
-def interleaved(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+def interleaved(runs: dict[str, Callable[[], M]], rounds: int) -> dict[str, list[M]]:
     """Call each run once per round, in alternating order (A, B, B, A, A, B, ...); each run returns its own
     measurement (e.g. seconds). Returns every measurement per run."""
     names = list(runs)
-    out: dict[str, list[float]] = {name: [] for name in names}
+    out: dict[str, list[M]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
             out[name].append(runs[name]())
