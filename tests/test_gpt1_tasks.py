@@ -1,5 +1,5 @@
-"""GPT-1 task sets: built-in tasks build balanced, schema-valid, properly split sets; the NLI checker;
-shortcut baselines near chance; user JSONL errors name FILE:LINE."""
+"""GPT-1 task sets: built-in tasks build balanced, schema-valid, properly split sets at both difficulty
+levels; the NLI checker; shortcut baselines near chance; user JSONL errors name FILE:LINE."""
 
 import json
 import re
@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from picochat.config import FinetuneConfig, load_config
+from picochat.data import gpt1_tasks
 from picochat.data.gpt1_tasks import (
     CONTRADICT,
     ENTAIL,
+    LEVELS,
     NEUTRAL,
     TASKS,
     Claim,
@@ -23,6 +26,7 @@ from picochat.data.gpt1_tasks import (
     parse_play,
     shortcut_baselines,
 )
+from picochat.train.finetune import build_task
 
 TEXT_KEYS = {
     "classification": ("text",),
@@ -32,9 +36,13 @@ TEXT_KEYS = {
 }
 
 
-@pytest.fixture(scope="module", params=TASKS)
+EASY = ["nli", "paraphrase"]  # the tasks whose "easy" level builds a different set
+
+
+@pytest.fixture(scope="module", params=[*TASKS, *(f"{t}:easy" for t in EASY)])
 def task(request: pytest.FixtureRequest) -> TaskSet:
-    return load_task(request.param, seed=0)
+    name, _, level = request.param.partition(":")
+    return load_task(name, seed=0, level=level or "full")
 
 
 def _texts(row: dict, fmt: str) -> str:
@@ -100,6 +108,43 @@ def test_deterministic_and_copied() -> None:
     assert load_task("paraphrase", seed=1).train != b.train
     with pytest.raises(ValueError, match="unknown GPT-1 task 'sst2'"):
         load_task("sst2")
+    with pytest.raises(ValueError, match=r"unknown task level 'hard'.*\['full', 'easy'\]"):
+        load_task("nli", level="hard")
+
+
+@pytest.mark.parametrize("name", EASY)
+def test_easy_level_is_deterministic_and_simpler(name: str) -> None:
+    easy, full = load_task(name, seed=0, level="easy"), load_task(name, seed=0, level="full")
+    if name == "paraphrase":  # rebuilt past the per-process cache: the same seed gives the same rows
+        assert gpt1_tasks._cached.__wrapped__(name, 0, "easy").test == easy.test
+    assert easy.meta["level"] == "easy" and full.meta["level"] == "full"
+    assert easy.train != full.train
+    rows = easy.train + easy.test
+    # no book counts (hence no "at least"/"at most"), no negation, no conjunctions, at most two people
+    assert not any(
+        t.startswith(("count.", "city.neg", "pet.neg", "job.neg", "colour.neg"))
+        for r in rows
+        for t in r["templates"]
+    )
+    first, second = ("premise", "hypothesis") if name == "nli" else ("a", "b")
+    assert all(" and " not in r[second] for r in rows)
+    people = set(easy.meta["train_names"]) | set(easy.meta["test_names"])
+    assert max(len(_words(r[first]) & people) for r in rows) == (2 if name == "nli" else 1)
+
+
+def test_sentiment_and_cloze_are_the_same_at_every_level() -> None:
+    for name in ("sentiment", "cloze"):
+        sets = [load_task(name, seed=0, level=level) for level in LEVELS]
+        assert all(s.train == sets[0].train and s.test == sets[0].test for s in sets)
+        assert [s.meta["level"] for s in sets] == list(LEVELS)
+
+
+def test_finetune_config_level_reaches_the_task() -> None:
+    assert FinetuneConfig().level == "full"
+    cfg = load_config(FinetuneConfig, None, ["task=paraphrase", "level=easy"])
+    assert build_task(cfg).train == load_task("paraphrase", level="easy").train
+    with pytest.raises(ValueError, match="level must be one of"):
+        load_config(FinetuneConfig, None, ["level=hard"])
 
 
 def test_nli_checker_on_hand_made_examples() -> None:

@@ -29,6 +29,18 @@ Built-in tasks (all offline and deterministic in `seed`; shared/DATA.md sections
 - "cloze" (multiple choice, 4 answers): three consecutive lines of one Shakespeare speech, the true next line
   against three lines of similar length from other speeches of the same play (ROCStories-style story cloze,
   shared/DATA.md 3(d)). Split by play; the right answer's position is balanced.
+Difficulty levels (`LEVELS`, `load_task(..., level=)`, FinetuneConfig `level`): "full" (the default) is the
+sets above. "easy" rebuilds nli and paraphrase from the same split pools (so test keeps held-out templates,
+names and values) with less to reason about: nli has one or two people, one or two stated facts and one plain
+claim (no negation, book counts or conjunctions; neutral claims are about a person the premise never
+mentions, or a slot it leaves open); paraphrase renders one slot (no counts) and the negative changes the
+value or the person. Both are also balanced on the second text's length, since their few held-out test
+templates would otherwise let length alone separate the test labels. Sentiment and cloze are the same set at
+every level. Measured on a 4-layer 128-wide base pretrained 300 steps on Shakespeare: 80 steps of batch 16
+leave both easy sets near chance (held-out nli 0.33, paraphrase 0.53; train 0.33 and 0.57), as at the full
+level. With the shortcuts balanced away, every label needs a name or value compared across the two texts,
+and such a model does not learn that comparison in 80-300 steps; the easy level removes distractors, not that
+comparison.
 Deviation from GPT-1: these sets stand in for SST-2, SNLI/MNLI, QQP and the Story Cloze Test, which do not ship
 offline. `shortcut_baselines` reports the label-leak checks of DATA.md §4 (hypothesis-only, word overlap,
 length); on the synthetic sets they stay near chance.
@@ -50,6 +62,7 @@ from pathlib import Path
 
 FORMATS = ("classification", "entailment", "similarity", "multiple_choice")
 TASKS = ["sentiment", "nli", "paraphrase", "cloze"]
+LEVELS = ("full", "easy")  # difficulty of the built-in sets; "full" is the default (module docstring)
 GENERATOR_VERSION = 1  # bump when any built-in recipe changes; part of every task's meta
 
 ENTAIL, NEUTRAL, CONTRADICT = 0, 1, 2
@@ -332,6 +345,7 @@ _VALUES = {
 }
 _COUNTS = list(range(1, 10))
 SLOTS = ("city", "pet", "job", "colour", "count")
+EASY_SLOTS = SLOTS[:4]  # the "easy" level has no book counts (so no "at least"/"at most" comparisons)
 
 # Verb-phrase templates per (slot, kind); "{v}" is the value, "{a}" the article a/an before it.
 _VP: dict[tuple[str, str], list[str]] = {
@@ -639,19 +653,31 @@ def _render_facts(facts: list[Fact], pools: _Pools, rng: random.Random, ids: lis
 
 
 def _balanced_by_overlap(
-    make: Callable[[int], dict | None], first: str, second: str, n: int, n_labels: int, rng: random.Random
+    make: Callable[[int], dict | None],
+    first: str,
+    second: str,
+    n: int,
+    n_labels: int,
+    rng: random.Random,
+    by_length: bool = False,
 ) -> list[dict]:
     """n rows with equally many of each label at every word-overlap value (the share of `second`'s words
     found in `first`, as `shortcut_baselines` measures it, and the reverse share): generate, bucket by
-    (overlaps, label), and keep only as many rows per label as the rarest label has at those overlaps. Overlap then carries no label information
-    (the balancing that HANS-style diagnostics ask for)."""
-    buckets: dict[tuple[float, float], list[list[dict]]] = {}
+    (overlaps, label), and keep only as many rows per label as the rarest label has at those overlaps.
+    Overlap then carries no label information (the balancing that HANS-style diagnostics ask for).
+    `by_length` also buckets by the word count of `second`: the easy sets' few held-out templates would
+    otherwise let length alone separate the test labels."""
+    buckets: dict[tuple[float, ...], list[list[dict]]] = {}
     per_label = n // n_labels
     for attempt in range(200 * n):
         row = make(attempt % n_labels)
         if row is None:
             continue
-        key = (round(_overlap(row[first], row[second]), 2), round(_overlap(row[second], row[first]), 2))
+        key: tuple[float, ...] = (
+            round(_overlap(row[first], row[second]), 2),
+            round(_overlap(row[second], row[first]), 2),
+        )
+        key += (len(_words(row[second])),) if by_length else ()
         buckets.setdefault(key, [[] for _ in range(n_labels)])[row["label"]].append(row)
         if attempt % 64 == 0 and sum(min(map(len, b)) for b in buckets.values()) >= per_label:
             break
@@ -668,13 +694,54 @@ def _balanced_by_overlap(
     return rows
 
 
-def _build_nli(seed: int, n_train: int = 3000, n_test: int = 600) -> TaskSet:
+def _nli_example_easy(target: int, pools: _Pools, rng: random.Random) -> dict | None:
+    """The "easy" level of `_nli_example`: one or two people, one or two stated facts, one plain claim ("P
+    lives in X"; no negation, counts or conjunctions). Entailment and contradiction restate or clash the
+    focus person's stated value; neutral claims are about a person the premise never mentions (or, one time
+    in three, a slot it leaves open). Overlap balancing still makes the other person's facts carry the
+    claimed value, so finding the value is not enough: it has to belong to the claimed person."""
+    people = rng.sample(pools.names, 3)
+    focus = people[0]
+    slot = rng.choice(EASY_SLOTS)
+    facts: list[Fact] = []
+    if target == NEUTRAL:
+        unmentioned = rng.random() < 2 / 3
+        claim = Claim(people[2] if unmentioned else focus, slot, "eq", rng.choice(pools.values[slot]))
+        if not unmentioned:
+            s = rng.choice([x for x in EASY_SLOTS if x != slot])
+            facts.append(Fact(focus, s, rng.choice(pools.values[s])))
+        else:
+            facts.append(Fact(focus, slot, rng.choice(pools.values[slot])))
+    else:
+        true = rng.choice(pools.values[slot])
+        facts.append(Fact(focus, slot, true))
+        claim = Claim(focus, slot, "eq", true if target == ENTAIL else _other(true, slot, pools, rng))
+    if rng.random() < 0.7:  # a second person, often with the claimed value
+        value = claim.value if rng.random() < 0.6 else rng.choice(pools.values[slot])
+        facts.append(Fact(people[1], slot, value))
+    label = nli_label(facts, [claim])
+    if label != target:
+        return None
+    ids: list[str] = []
+    premise = _render_facts(facts, pools, rng, ids)
+    hypothesis = _say(claim.person, [_claim_vp(claim, pools, rng, ids)])
+    return {"premise": premise, "hypothesis": hypothesis, "label": label, "templates": sorted(set(ids))}
+
+
+def _build_nli(seed: int, level: str = "full", n_train: int = 3000, n_test: int = 600) -> TaskSet:
     train_pools, test_pools = _split_pools(seed)
-    rng = random.Random(f"nli-{seed}")
+    rng = random.Random(f"nli-{seed}" if level == "full" else f"nli-{level}-{seed}")
+    example = _nli_example if level == "full" else _nli_example_easy
     out = {}
     for split, n, pools in (("train", n_train, train_pools), ("test", n_test, test_pools)):
         out[split] = _balanced_by_overlap(
-            lambda target, pools=pools: _nli_example(target, pools, rng), "premise", "hypothesis", n, 3, rng
+            lambda target, pools=pools: example(target, pools, rng),
+            "premise",
+            "hypothesis",
+            n,
+            3,
+            rng,
+            by_length=level != "full",
         )
     return TaskSet(
         name="nli",
@@ -682,7 +749,7 @@ def _build_nli(seed: int, n_train: int = 3000, n_test: int = 600) -> TaskSet:
         label_names=list(NLI_LABELS),
         train=out["train"],
         test=out["test"],
-        meta=_pool_meta(train_pools, test_pools),
+        meta=_pool_meta(train_pools, test_pools) | {"level": level},
     )
 
 
@@ -718,9 +785,11 @@ def _render_tuple(
     return _FRAMES[frame].format(p=person, vps=joined), plan
 
 
-def _paraphrase_example(label: int, pools: _Pools, rng: random.Random) -> dict:
+def _paraphrase_example(label: int, pools: _Pools, rng: random.Random, level: str = "full") -> dict:
+    """Two renderings of one fact tuple (1), or of tuples that differ in one slot or the person (0).
+    Full level: 2-3 slots of all five; easy level: one slot, no book counts."""
     person = rng.choice(pools.names)
-    slots = rng.sample(SLOTS, rng.randint(2, 3))
+    slots = rng.sample(SLOTS, rng.randint(2, 3)) if level == "full" else [rng.choice(EASY_SLOTS)]
     tup = {s: rng.choice(pools.values[s]) for s in slots}
     ids: list[str] = []
     a, plan = _render_tuple(person, tup, pools, rng, ids)
@@ -741,13 +810,19 @@ def _paraphrase_example(label: int, pools: _Pools, rng: random.Random) -> dict:
     return {"a": a, "b": b, "label": 0, "templates": sorted(set(ids))}
 
 
-def _build_paraphrase(seed: int, n_train: int = 3000, n_test: int = 600) -> TaskSet:
+def _build_paraphrase(seed: int, level: str = "full", n_train: int = 3000, n_test: int = 600) -> TaskSet:
     train_pools, test_pools = _split_pools(seed)
-    rng = random.Random(f"paraphrase-{seed}")
+    rng = random.Random(f"paraphrase-{seed}" if level == "full" else f"paraphrase-{level}-{seed}")
     out = {}
     for split, n, pools in (("train", n_train, train_pools), ("test", n_test, test_pools)):
         out[split] = _balanced_by_overlap(
-            lambda label, pools=pools: _paraphrase_example(label, pools, rng), "a", "b", n, 2, rng
+            lambda label, pools=pools: _paraphrase_example(label, pools, rng, level),
+            "a",
+            "b",
+            n,
+            2,
+            rng,
+            by_length=level != "full",
         )
     return TaskSet(
         name="paraphrase",
@@ -755,33 +830,41 @@ def _build_paraphrase(seed: int, n_train: int = 3000, n_test: int = 600) -> Task
         label_names=list(SIMILARITY_LABELS),
         train=out["train"],
         test=out["test"],
-        meta=_pool_meta(train_pools, test_pools),
+        meta=_pool_meta(train_pools, test_pools) | {"level": level},
     )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Loading
 
-_BUILDERS = {
+_BUILDERS: dict[str, Callable[..., TaskSet]] = {
     "sentiment": _build_sentiment,
     "nli": _build_nli,
     "paraphrase": _build_paraphrase,
     "cloze": _build_cloze,
 }
+_LEVELLED = ("nli", "paraphrase")  # tasks whose builder takes a level; the others are one set at every level
 
 
 @functools.lru_cache(maxsize=16)
-def _cached(name: str, seed: int) -> TaskSet:
+def _cached(name: str, seed: int, level: str) -> TaskSet:
+    if name in _LEVELLED:
+        return _BUILDERS[name](seed, level)
     return _BUILDERS[name](seed)
 
 
-def load_task(name: str, seed: int = 0) -> TaskSet:
-    """A built-in task by name (see `TASKS`), deterministic in `seed`; built once per process, then copied."""
+def load_task(name: str, seed: int = 0, level: str = "full") -> TaskSet:
+    """A built-in task by name (see `TASKS`) at a difficulty `level` (see `LEVELS`; sentiment and cloze
+    are the same at every level), deterministic in `seed`; built once per process, then copied."""
     if name not in _BUILDERS:
         raise ValueError(
             f"unknown GPT-1 task {name!r}; choose one of {TASKS}, or pass your own JSONL with --data"
         )
-    return copy.deepcopy(_cached(name, seed))
+    if level not in LEVELS:
+        raise ValueError(f"unknown task level {level!r}; choose one of {list(LEVELS)}")
+    task = copy.deepcopy(_cached(name, seed, level if name in _LEVELLED else "full"))
+    task.meta["level"] = level
+    return task
 
 
 def infer_format(rows: Sequence[dict]) -> str:
