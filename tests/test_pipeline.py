@@ -73,3 +73,28 @@ def test_rerun_skips_finished_stages(run_dir: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     assert "tokenizer: done already" in r.stdout and "pretrain: done already" in r.stdout
     assert "report: wrote" in r.stdout
+
+
+def test_second_rlhf_round_continues_from_the_first(run_dir: Path) -> None:
+    """--rounds 2: comparisons from round 1's PPO policy, an RM on both rounds' comparisons, PPO from the
+    round-1 policy with the KL reference and win-rate baseline still the SFT model."""
+    r = subprocess.run(
+        [sys.executable, "-m", "picochat.cli", "pipeline", "--preset", "micro", "--out", str(run_dir), "--rounds", "2", "--stages", "rm_2,ppo_2,report"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    rm1 = json.loads((run_dir / "rm" / "summary.json").read_text())
+    rm2 = json.loads((run_dir / "rm_2" / "summary.json").read_text())
+    new = (run_dir / "rm_2" / "prefs" / "train.jsonl").read_text().splitlines()
+    assert new and rm2["n_train_prompts"] > rm1["n_train_prompts"]  # round 1's comparisons + the new ones
+    rm2_cfg = (run_dir / "rm_2" / "config.toml").read_text()
+    assert (
+        str(run_dir / "ppo" / "ckpt") in rm2_cfg and str(run_dir / "rm" / "prefs" / "train.jsonl") in rm2_cfg
+    )
+    ppo2_cfg = (run_dir / "ppo_2" / "config.toml").read_text()
+    assert f'policy = "{run_dir / "ppo" / "ckpt"}"' in ppo2_cfg
+    assert f'reference = "{run_dir / "sft" / "ckpt"}"' in ppo2_cfg
+    assert f'rm = "{run_dir / "rm_2" / "ckpt"}"' in ppo2_cfg
+    winrate = json.loads((run_dir / "ppo_2" / "winrate.json").read_text())
+    report = (run_dir / "report.md").read_text()
+    assert f"| ppo_2 win rate over SFT | {winrate['win_rate']:.3f} |" in report

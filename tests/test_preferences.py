@@ -109,6 +109,22 @@ def test_tie_groups_are_runs_of_equal_scores() -> None:
     assert tie_groups([0, 1], [1.0, 0.0]) == []
 
 
+def test_tie_tolerance_groups_answers_a_labeler_cannot_tell_apart() -> None:
+    scores = [0.9, 0.10, 0.06, 0.0]
+    assert tie_groups([0, 1, 2, 3], scores) == []
+    assert tie_groups([0, 1, 2, 3], scores, tolerance=0.05) == [[1, 2]]
+    assert tie_groups([0, 1, 2, 3], scores, tolerance=0.06) == [[1, 2, 3]]  # neighbours chain
+    task = next(t for t in make_tasks(7, "train", seed=3) if t.family == "strings")
+    garbage = ["bumber", "nu"]  # wrong answers with slightly different partial credit (0.078, 0.044)
+    assert score(task, garbage[0]) != score(task, garbage[1])
+    assert (
+        rank_completions(task, [task.reference, *garbage], 0.0, random.Random(0), tie_tolerance=0.0).ties
+        == []
+    )
+    record = rank_completions(task, [task.reference, *garbage], 0.0, random.Random(0), tie_tolerance=0.05)
+    assert record is not None and record.ranking[0] == 0 and record.ties == [record.ranking[1:]]
+
+
 def test_gold_ranking_of_hand_made_answers() -> None:
     task = next(t for t in make_tasks(7, "train", seed=3) if t.family == "arithmetic")
     right = task.reference

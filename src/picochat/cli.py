@@ -118,8 +118,12 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace, cfg: Any) -> None:
+    from dataclasses import replace
+
     from picochat.pipeline import run_pipeline
 
+    if args.rounds is not None:
+        cfg = replace(cfg, rounds=args.rounds)
     run_pipeline(
         cfg,
         Path(args.out) if args.out else None,
@@ -136,6 +140,10 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
         help="tiny (default, 2-core CPU), micro (smoke test), small-cpu, gpt2 (one GPU)",
     )
     p.add_argument("--stages", default=None, help="comma-separated subset of stages to run")
+    p.add_argument(
+        "--rounds", type=int, default=None,
+        help="RLHF rounds (collect -> RM -> PPO); rounds after the first start from the last PPO policy",
+    )  # fmt: skip
 
 
 def cmd_collect(args: argparse.Namespace, cfg: Any) -> None:
@@ -308,8 +316,10 @@ def cmd_ppo(args: argparse.Namespace, cfg: Any) -> None:
     given = {"policy": args.policy, "rm": args.rm, "data_dir": args.data_dir}
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
     out = out_dir(args, cfg, "runs/ppo")
-    _, summary = ppo(cfg, out, resume=args.resume)
-    print(f"ppo: {summary.get('iterations')} iterations; policy in {out / 'ckpt'}")
+    dist = dist_from_env(os.environ, cfg.run.device)
+    _, summary = ppo(cfg, out, dist=dist, resume=args.resume)
+    if dist.is_main:
+        print(f"ppo: {summary.get('iterations')} iterations; policy in {out / 'ckpt'}")
 
 
 def add_ppo_args(p: argparse.ArgumentParser) -> None:
@@ -389,6 +399,18 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="pipeline run directory (runs/NAME)")
 
 
+def cmd_scaling(args: argparse.Namespace, cfg: Any) -> None:
+    from picochat.scaling import run_scaling
+
+    out = out_dir(args, cfg, "runs/scaling")
+    run_scaling(cfg, out, ratio=args.ratio)
+    print(f"scaling: wrote {out / 'scaling.json'}, {out / 'scaling.png'}, {out / 'config.toml'}")
+
+
+def add_scaling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ratio", type=float, help="target / largest member compute (default 100 CPU, 1000 GPU)")
+
+
 def build_commands() -> list[Command]:
     from picochat.config import (
         CollectConfig,
@@ -398,12 +420,20 @@ def build_commands() -> list[Command]:
         PretrainConfig,
         RewardConfig,
         SampleConfig,
+        ScalingConfig,
         SFTConfig,
         TokenizerStageConfig,
     )
     from picochat.pipeline import PipelineConfig
 
     return [
+        Command(
+            "scaling",
+            "predictable scaling: fit a sweep of small models, predict and train a 100x bigger one",
+            ScalingConfig,
+            cmd_scaling,
+            add_scaling_args,
+        ),
         Command(
             "pipeline",
             "run the whole recipe on the embedded default and write a report",
@@ -501,17 +531,28 @@ def config_epilog(cls: type) -> str:
     return "config keys (key=value):\n" + "\n".join(f"  {k:<{width}}  {h} (default {d})" for k, d, h in rows)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser; its config-key epilog is built only when help is shown (reading every field
+    docstring from source costs about a second, which every command would otherwise pay at start)."""
+
+    config_cls: type | None = None
+
+    def format_help(self) -> str:
+        if self.config_cls is not None and self.epilog is None:
+            self.epilog = config_epilog(self.config_cls)
+        return super().format_help()
+
+
 def make_parser(commands: list[Command]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="picochat", description="The GPT lineage end to end: pre-train, fine-tune, SFT, RM, PPO, serve."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for c in commands:
         p = sub.add_parser(
-            c.name, help=c.help, description=c.help,
-            epilog=config_epilog(c.config_cls) if c.config_cls else None,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )  # fmt: skip
+            c.name, help=c.help, description=c.help, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        p.config_cls = c.config_cls
         if c.config_cls is not None:
             p.add_argument("--config", help="TOML config file (a run's config.toml reproduces it)")
             p.add_argument("--out", help="output directory")

@@ -368,7 +368,10 @@ class PPOConfig:
     """`picochat ppo`: RLHF with PPO (and PPO-ptx) from an SFT policy and a reward model."""
 
     policy: str = ""
-    """SFT checkpoint: the initial policy and the frozen reference (also --policy)"""
+    """SFT checkpoint: the initial policy (and the frozen reference unless `reference` is set; also --policy)"""
+    reference: str = ""
+    """frozen reference for the KL penalty and the win-rate baseline (empty = the initial policy);
+    iterated rounds start from the last RL policy and keep the SFT model here"""
     rm: str = ""
     """reward-model checkpoint (also --rm)"""
     data_dir: str = ""
@@ -403,6 +406,8 @@ class CollectConfig:
     """sampling temperature"""
     noise: float = 0.0
     """Bradley-Terry (Gumbel) labeler noise; 0 = perfect gold labeler, 0.4 = about 75% agreement"""
+    tie_tolerance: float = 0.05
+    """answers adjacent in the ranking whose gold scores differ by at most this are a tie (no pair)"""
     max_new_tokens: int = 48
     """longest answer in tokens"""
     batch_prompts: int = 16
@@ -416,6 +421,7 @@ class CollectConfig:
         check_choice("split", self.split, ("train", "heldout"))
         check_range("temperature", self.temperature, 0.0)
         check_range("noise", self.noise, 0.0)
+        check_range("tie_tolerance", self.tie_tolerance, 0.0, 1.0)
         check_range("max_new_tokens", self.max_new_tokens, 1)
         check_range("batch_prompts", self.batch_prompts, 1)
 
@@ -434,6 +440,11 @@ class RewardConfig:
     """ranking JSONL from a different policy (distribution shift); empty = collect one"""
     shift_policy: str = ""
     """policy for the collected shift set (empty = the SFT model at shift_temperature)"""
+    collect_policy: str = ""
+    """policy to sample the train and held-out comparisons from (empty = the SFT model); iterated
+    rounds sample from the last RL policy"""
+    extra_data: list[str] = field(default_factory=list)
+    """ranking/pairwise files from earlier rounds, trained on together with the new comparisons"""
     shift_temperature: float = 1.5
     """sampling temperature of the collected shift set"""
     n_heldout: int = 128
@@ -477,6 +488,8 @@ class FinetuneConfig:
     """built-in task: sentiment, nli, paraphrase, cloze (also --task); ignored when data is given"""
     task_seed: int = 0
     """seed of the built-in task generator (fixes its train/test split)"""
+    level: str = "full"
+    """difficulty of the built-in nli/paraphrase/cloze sets: full, or easy (within a tiny model's reach)"""
     data: str = ""
     """your own task JSONL (also --data); rows as in picochat.data.gpt1_tasks"""
     test_data: str = ""
@@ -510,6 +523,7 @@ class FinetuneConfig:
         check_range("eval_train_examples", self.eval_train_examples, 0)
         if self.format:
             check_choice("format", self.format, TASK_FORMATS)
+        check_choice("level", self.level, ("full", "easy"))
 
 
 @config_class
@@ -593,6 +607,72 @@ class SFTConfig:
         check_range("ptx_fraction", self.ptx_fraction, 0.0, 0.9)
         check_range("eval_tasks", self.eval_tasks, 1)
         check_range("eval_max_new_tokens", self.eval_max_new_tokens, 1)
+
+
+@config_class
+class ScalingConfig:
+    """`picochat scaling`: fit L(C) = a·C^(−b) + c on a sweep of small models, predict a bigger one, check it."""
+
+    widths: list[int] = field(default_factory=lambda: [8, 12, 16, 20, 24])
+    """model widths n_embd of the sweep members (multiples of head_dim; at least 3)"""
+    head_dim: int = 4
+    """attention head size, the same for every member (n_head = n_embd / head_dim)"""
+    aspect: int = 32
+    """width per layer: n_layer = max(1, round(n_embd / aspect))"""
+    block_size: int = 16
+    """context length of every member (short: a 100x bigger model cannot exploit context the sweep cannot see)"""
+    tokens_per_param: float = 20.0
+    """training tokens per matmul parameter N (Chinchilla: about 20)"""
+    min_steps: int = 20
+    """fewest optimizer steps of any member"""
+    lr: float = 1e-2
+    """peak learning rate of a member of width lr_ref_width"""
+    lr_ref_width: int = 32
+    """width at which the peak learning rate is `lr`"""
+    lr_width_exponent: float = 0.5
+    """peak lr = lr · (lr_ref_width / n_embd) ** lr_width_exponent"""
+    warmup_fraction: float = 0.05
+    """linear warmup as a fraction of each member's steps"""
+    batch_ref_tokens: int = 100_000
+    """token budget D at which a member's batch is optim.batch_size sequences"""
+    batch_exponent: float = 0.5
+    """sequences per step = optim.batch_size · (D / batch_ref_tokens) ** batch_exponent"""
+    eval_tokens: int = 262144
+    """held-out tokens each member is scored on, at most the whole split (the same windows for every member)"""
+    ratio: float = 0.0
+    """target compute / largest member's compute (also --ratio); 0 = 100 on CPU, 1000 on GPU"""
+    band_level: float = 0.9
+    """coverage of the confidence band of the prediction"""
+    train_target: bool = True
+    """train the target to measure the prediction's error (false = predict only)"""
+    data: CorpusConfig = field(default_factory=lambda: CorpusConfig(vocab_size=264))
+    """corpus and tokenizer (default: byte-level, the 256 bytes plus the special tokens)"""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(batch_size=16, min_lr_ratio=0.1))
+    """shared recipe; lr, warmup_steps, max_steps and batch_size are set per member by the rules above"""
+    run: RunConfig = field(default_factory=lambda: RunConfig(log_every=1000))
+    """seed, device, dtype; eval/save/log intervals are set per member"""
+
+    def __post_init__(self) -> None:
+        check_range("head_dim", self.head_dim, 1)
+        check_range("aspect", self.aspect, 1)
+        check_range("block_size", self.block_size, 2)
+        if len(set(self.widths)) < 3:
+            raise ValueError(
+                f"widths needs at least 3 different sizes to fit 3 parameters, got {self.widths}"
+            )
+        for w in self.widths:
+            if w < 1 or w % self.head_dim:
+                raise ValueError(f"widths: {w} is not a positive multiple of head_dim={self.head_dim}")
+        check_range("tokens_per_param", self.tokens_per_param, 1e-3)
+        check_range("min_steps", self.min_steps, 1)
+        check_range("lr", self.lr, 0.0)
+        check_range("lr_ref_width", self.lr_ref_width, 1)
+        check_range("warmup_fraction", self.warmup_fraction, 0.0, 0.5)
+        check_range("batch_ref_tokens", self.batch_ref_tokens, 1)
+        check_range("batch_exponent", self.batch_exponent, 0.0, 1.0)
+        check_range("eval_tokens", self.eval_tokens, 1)
+        check_range("ratio", self.ratio, 0.0)
+        check_range("band_level", self.band_level, 0.01, 0.999)
 
 
 # ---------------------------------------------------------------------------------------------------

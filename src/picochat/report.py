@@ -257,8 +257,17 @@ PPO_CURVES = [
 ]
 
 
+def rl_run_names(root: Path) -> list[str]:
+    """The RL runs of a pipeline directory in order: ppo, ppo_2, ppo_3, ... (rounds), then ppo_ptx."""
+    rounds = sorted(
+        (p.name for p in root.glob("ppo_*") if p.name.split("_")[1].isdigit()),
+        key=lambda n: int(n.split("_")[1]),
+    )
+    return [name for name in ("ppo", *rounds, "ppo_ptx") if (root / name / "metrics.jsonl").exists()]
+
+
 def section_ppo(root: Path) -> str:
-    runs = [name for name in ("ppo", "ppo_ptx") if (root / name / "metrics.jsonl").exists()]
+    runs = rl_run_names(root)
     if not runs:
         return ""
     out = ["## RLHF: PPO against the reward model"]
@@ -272,26 +281,26 @@ def section_ppo(root: Path) -> str:
     rows = []
     for name in runs:
         s = read_json(root / name / "summary.json")
-        rows.append([
-            name, s.get("winrate/win_rate"), s.get("winrate/ci_low"), s.get("winrate/ci_high"),
-            s.get("winrate/gold_policy"), s.get("winrate/gold_baseline"), s.get("last/ppo/kl_k1"),
-            s.get("ptx/heldout_lm_loss_rl"), s.get("ptx/heldout_lm_loss_sft"),
-        ])  # fmt: skip
+        for prefix, decoding in (("winrate", "greedy"), ("winrate_sampled", "sampled")):
+            if f"{prefix}/win_rate" not in s:
+                continue
+            rows.append([
+                name, decoding, s[f"{prefix}/win_rate"], s.get(f"{prefix}/ci_low"), s.get(f"{prefix}/ci_high"),
+                s.get(f"{prefix}/gold_policy"), s.get(f"{prefix}/gold_baseline"), s.get("last/ppo/kl_k1"),
+                s.get("ptx/heldout_lm_loss_rl"), s.get("ptx/heldout_lm_loss_sft"),
+            ])  # fmt: skip
+    headers = [
+        "policy", "answers", "win rate", "95% CI low", "95% CI high", "gold score (RL)", "gold score (SFT)",
+        "final KL", "held-out LM loss (RL)", "held-out LM loss (SFT)",
+    ]  # fmt: skip
     out += [
         "",
         "### Win rate over SFT (gold labeler, held-out prompts)",
-        table(
-            [
-                "policy",
-                "win rate",
-                "95% CI low",
-                "95% CI high",
-                "final KL",
-                "held-out LM loss (RL)",
-                "held-out LM loss (SFT)",
-            ],
-            rows,
-        ),
+        "",
+        "Greedy answers, and answers sampled at the rollout temperature (the distribution PPO optimises); "
+        "a tie counts one half.",
+        "",
+        table(headers, rows),
     ]
     return "\n".join(out)
 

@@ -2,14 +2,17 @@
 
 InstructGPT (arXiv 2203.02155, §3.5) shows labelers K = 4..9 outputs of the policy per prompt and asks
 for a full ranking, so one prompt yields C(K, 2) comparisons. Here the labeler is the checkable task
-suite (`data.tasks.rank`, optionally with Bradley–Terry noise). Deviations: answers whose gold scores are
-equal and adjacent in the ranking are recorded as a tie group (no training pair, DATA.md §4), and a prompt
-whose K answers all tie is dropped, since it says nothing about which answer is better.
+suite (`data.tasks.rank`, optionally with Bradley–Terry noise). Deviations: answers that the labeler
+cannot tell apart are recorded as a tie group (no training pair, DATA.md §4), and a prompt whose K answers
+all tie is dropped, since it says nothing about which answer is better. "Cannot tell apart" means adjacent
+in the ranking with gold scores closer than `tie_tolerance` (0 = only exactly equal scores): the graded
+scorers give two wrong answers slightly different partial credit (e.g. 0.06 vs 0.10 string similarity to
+the right word), a difference no person ranking them would see and no reward model can learn; InstructGPT's
+labelers likewise rank near-equal outputs as ties.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 from collections.abc import Sequence
@@ -35,19 +38,30 @@ def check_k(k: int, allowed: tuple[int, int] = K_RANGE) -> None:
         )
 
 
-def tie_groups(ranking: Sequence[int], scores: Sequence[float]) -> list[list[int]]:
-    """Runs of equal gold score at consecutive ranking positions (only runs of 2 or more)."""
-    groups = [list(g) for _, g in itertools.groupby(ranking, key=lambda i: scores[i])]
+def tie_groups(ranking: Sequence[int], scores: Sequence[float], tolerance: float = 0.0) -> list[list[int]]:
+    """Runs of consecutive ranking positions whose neighbouring gold scores differ by at most `tolerance`
+    (only runs of 2 or more; tolerance 0 groups exactly equal scores)."""
+    groups: list[list[int]] = []
+    for i in ranking:
+        if groups and abs(scores[groups[-1][-1]] - scores[i]) <= tolerance:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
     return [g for g in groups if len(g) > 1]
 
 
 def rank_completions(
-    task: Task, completions: list[str], noise: float, rng: random.Random, prompt: Prompt | None = None
+    task: Task,
+    completions: list[str],
+    noise: float,
+    rng: random.Random,
+    prompt: Prompt | None = None,
+    tie_tolerance: float = 0.0,
 ) -> PreferenceRecord | None:
     """A gold-ranked record of the completions, or None when they all tie."""
     scores = [score(task, c) for c in completions]
     ranking = rank(task, completions, noise=noise, rng=rng)
-    ties = tie_groups(ranking, scores)
+    ties = tie_groups(ranking, scores, tie_tolerance)
     if ties and len(ties[0]) == len(completions):
         return None
     return PreferenceRecord(
@@ -92,6 +106,7 @@ def collect_records(
     max_new_tokens: int = 48,
     batch_prompts: int = 16,
     autocast_dtype: Any = None,
+    tie_tolerance: float = 0.0,
 ) -> tuple[list[PreferenceRecord], dict[str, float]]:
     """Sample, rank and drop all-tied prompts. Returns the records and headline numbers."""
     samples = sample_completions(
@@ -104,8 +119,9 @@ def collect_records(
         scores = [score(task, c) for c in completions]
         gold += scores
         all_pairs += k * (k - 1) // 2
-        tied_pairs += sum(scores[i] == scores[j] for i, j in itertools.combinations(range(k), 2))
-        record = rank_completions(task, completions, noise, rng)
+        record = rank_completions(task, completions, noise, rng, tie_tolerance=tie_tolerance)
+        ranking = record.ranking if record is not None else list(range(k))
+        tied_pairs += sum(len(g) * (len(g) - 1) // 2 for g in tie_groups(ranking, scores, tie_tolerance))
         if record is not None:
             records.append(record)
     stats = {
@@ -128,6 +144,7 @@ def collect(
     max_new_tokens: int = 48,
     batch_prompts: int = 16,
     device: str = "auto",
+    tie_tolerance: float = 0.0,
     log: Any = print,
 ) -> dict[str, Any]:
     """Sample k answers for n_prompts tasks of `split` from the policy, gold-rank them, write JSONL."""
@@ -138,11 +155,11 @@ def collect(
     tasks = make_tasks(n_prompts, split, seed)
     records, stats = collect_records(
         model, tok, tasks, k, temperature=temperature, noise=noise, seed=seed, max_new_tokens=max_new_tokens,
-        batch_prompts=batch_prompts, autocast_dtype=resolve_dtype("auto", dev),
+        batch_prompts=batch_prompts, autocast_dtype=resolve_dtype("auto", dev), tie_tolerance=tie_tolerance,
     )  # fmt: skip
     write_preferences(out_path, records)
     summary = {**stats, "k": k, "split": split, "noise": noise, "temperature": temperature,
-               "out": str(out_path), "wall_s": time.perf_counter() - t0}  # fmt: skip
+               "tie_tolerance": tie_tolerance, "out": str(out_path), "wall_s": time.perf_counter() - t0}  # fmt: skip
     log(
         f"collect: {stats['n_records']}/{n_prompts} prompts kept (all {k} answers tied in {stats['n_all_tied']}), "
         f"mean gold score {stats['mean_gold_score']:.3f}, tied pairs {stats['tied_pair_fraction']:.1%}; wrote {out_path}"
@@ -156,5 +173,6 @@ def run_collect(cfg: CollectConfig, out_path: str | Path, log: Any = print) -> d
         raise ValueError("collect needs a policy checkpoint: --policy runs/NAME/sft/ckpt")
     return collect(
         cfg.policy, out_path, cfg.n_prompts, cfg.k, cfg.split, cfg.seed, cfg.temperature, cfg.noise,
-        max_new_tokens=cfg.max_new_tokens, batch_prompts=cfg.batch_prompts, device=cfg.device, log=log,
+        max_new_tokens=cfg.max_new_tokens, batch_prompts=cfg.batch_prompts, device=cfg.device,
+        tie_tolerance=cfg.tie_tolerance, log=log,
     )  # fmt: skip

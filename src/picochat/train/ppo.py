@@ -5,9 +5,9 @@ Objective (InstructGPT eq. 2): maximise E[r_θ(x, y) - β·log(π_RL(y|x) / π_S
 Each iteration runs four phases, one function each:
   1. rollout: draw task prompts (data.tasks, train split), sample answers with the engine (KV cache,
      temperature T, stop at <|end|>, at most ppo.max_new_tokens).
-  2. score: one batched forward each for the policy's and the frozen reference's log-probs (from
-     logits / T, the distribution the rollout sampled), the critic's values and the reward model's score
-     on the last token of prompt + answer. The score is divided by the RM's meta std (its bias is in the head); an
+  2. score: batched forwards (length-sorted chunks of ppo.minibatch episodes) for the policy's and the
+     frozen reference's log-probs (from logits / T, the distribution the rollout sampled), the critic's
+     values and the reward model's score on the last token of prompt + answer. The score is divided by the RM's meta std (its bias is in the head); an
      answer that never produced <|end|> gets the no-EOS penalty (lm-human-preferences).
   3. advantages: per-token KL-shaped rewards (-β·KL every token, + score on the last), GAE, whitening.
   4. update: ppo.epochs passes over minibatches (with optional gradient accumulation) of the clipped
@@ -16,12 +16,24 @@ Each iteration runs four phases, one function each:
 Then β follows the adaptive KL controller (or stays fixed) and one metrics record is appended.
 
 Deviations and choices:
+- Every forward over rollout episodes (scoring and the update's micro-batches) drops the left-padding
+  columns that none of its episodes uses (`trimmed_rows`), and micro-batches group episodes of similar
+  prompt length: padding is masked anyway, so this changes no number, only the work.
 - The critic is a separate GPT initialised from the reward model (InstructGPT §3.5); with a python reward
   function instead of an RM (toys and tests) it starts from the policy's trunk with a fresh head.
   `value.share_trunk=true` puts the value head on the policy (one optimizer, loss pg + vf_coef·vf).
 - Dropout is off during PPO (every model is in eval mode), so the first epoch's ratios are exactly 1.
 - The policy LR schedule is the shared warmup+cosine over the derived number of optimizer steps; the
   default config makes it constant (warmup 0, floor 1.0).
+
+Under torchrun (DDP; FSDP is refused because generation needs the full policy on every rank) every rank
+samples its own ppo.rollout_batch episodes (prompt draw and sampling seeds offset by rank), so one
+iteration sees rollout_batch × world_size episodes and each optimizer step minibatch × world_size. The
+policy/value losses run through the DDP wrappers (train/parallel.py: StageForward), with the token
+count of the whole step (all ranks) as denominator, so N ranks give the gradient of one process with the
+same episodes. Rewards (when ppo.whiten_rewards) and advantages are whitened with the mean and variance
+of every rank's tokens, the metrics are averaged over the ranks (so β moves in step everywhere), and
+only rank 0 writes logs and checkpoints. The frozen reference and the reward model need no wrapper.
 """
 
 from __future__ import annotations
@@ -31,20 +43,24 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from picochat.checkpoint import (
+    TIED_KEY,
+    CheckpointError,
     checkpoint_meta,
     flatten_optimizer,
     load_checkpoint,
     load_model_weights,
     load_trainer_state,
+    model_state,
     save_checkpoint,
     unflatten_optimizer,
 )
@@ -62,17 +78,27 @@ from picochat.train.loop import (
     autocast,
     build_optimizer,
     optimizer_step,
+    read_metrics,
     resolve_device,
     resolve_dtype,
     restore_rng,
     rng_tensors,
     seed_everything,
 )
+from picochat.train.parallel import (
+    StageForward,
+    all_reduce_,
+    global_masked_whiten,
+    mean_over_ranks,
+    no_sync,
+    wrap_model,
+)
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]  # (user prompts, answers) -> scores
 POLICY_DIR = "ckpt"
 VALUE_DIR = "value"
 SNAPSHOT_DIR = "snapshots"
+RANK_SEED_STRIDE = 1_000_003  # added per rank to the rollout seeds (rank 0 = one process)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +121,10 @@ class Models:
     rm: GPT | None = None
     rm_norm: tuple[float, float] = (0.0, 1.0)  # (shift, scale): score = (raw - shift) / scale
     reward_fn: RewardFn | None = None
+    # the modules the losses run through, `fwd(fn, *args)` = fn(model, *args): DDP under torchrun
+    policy_fwd: nn.Module | None = None
+    critic_fwd: nn.Module | None = None
+    dist: Dist = field(default_factory=Dist)
 
 
 @dataclass
@@ -128,6 +158,7 @@ class PPOState:
     beta: float = 0.0
     episodes: int = 0
     elapsed_s: float = 0.0
+    ptx_data: dict[str, Any] = field(default_factory=dict)  # PPO-ptx window sampler position (exact resume)
 
 
 # -- setup ---------------------------------------------------------------------------------------------
@@ -168,7 +199,15 @@ def build_models(
         rm, norm = load_reward_model(cfg.rm, device)
         if not cfg.ppo.normalize_reward:
             norm = (0.0, 1.0)
-    ref = copy.deepcopy(policy).requires_grad_(False)
+    if cfg.reference:
+        ref = load_checkpoint(cfg.reference, device=device)[0].requires_grad_(False)
+        if ref.config.vocab_size != policy.config.vocab_size:
+            raise ValueError(
+                f"reference {cfg.reference} has {ref.config.vocab_size} token ids but the policy "
+                f"{cfg.policy} has {policy.config.vocab_size}; the KL penalty needs the same tokenizer"
+            )
+    else:
+        ref = copy.deepcopy(policy).requires_grad_(False)
     if cfg.value.share_trunk:
         policy, critic = with_head(policy, 1).eval(), None
     else:
@@ -200,7 +239,8 @@ def rollout(
 ) -> Rollout:
     """Sample one answer for each of ppo.rollout_batch random prompts and pack them into one tensor."""
     hp, tok = cfg.ppo, models.tok
-    gen = torch.Generator().manual_seed(cfg.run.seed * 100_003 + iteration)
+    offset = RANK_SEED_STRIDE * models.dist.rank  # every rank draws its own prompts and samples
+    gen = torch.Generator().manual_seed(cfg.run.seed * 100_003 + iteration + offset)
     index = torch.randint(len(pool.ids), (hp.rollout_batch,), generator=gen).tolist()
     block = models.policy.config.block_size
     max_new = min(hp.max_new_tokens, block - 2)
@@ -208,7 +248,9 @@ def rollout(
     end_id = tok.special_id("<|end|>")
     params = SamplingParams(max_new_tokens=max_new, temperature=hp.temperature)
     engine = Engine(models.policy, tok, autocast_dtype=dtype)
-    answers = engine.generate_ids(prompts, params, stop_ids=[end_id], seed=cfg.run.seed * 7919 + iteration)
+    answers = engine.generate_ids(
+        prompts, params, stop_ids=[end_id], seed=cfg.run.seed * 7919 + iteration + offset
+    )
     P, R = max(map(len, prompts)), max(map(len, answers))
     B = len(prompts)
     ids = torch.full((B, P + R), tok.eot_id, dtype=torch.long)
@@ -228,6 +270,22 @@ def rollout(
 # -- phase 2: score ----------------------------------------------------------------------------------------
 
 
+def trimmed_rows(ro: Rollout, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(ids, pad_mask, P) of the episodes `rows` without the left-padding columns none of them uses.
+
+    The rollout pads every prompt to the longest of the whole batch. Padding is masked out of attention
+    and of the position ids, so dropping those columns changes no output, only the work."""
+    pad_mask = ro.pad_mask[rows]  # (b, P + R)
+    lead = int(pad_mask[:, : ro.P].any(0).int().argmax())  # first column holding a real prompt token
+    return ro.ids[rows, lead:], pad_mask[:, lead:], ro.P - lead
+
+
+def by_prompt_length(ro: Rollout, rows: torch.Tensor, chunk: int) -> list[torch.Tensor]:
+    """`rows` sorted by prompt length, cut into pieces of at most `chunk`: each piece has little padding."""
+    lengths = ro.pad_mask[rows, : ro.P].sum(1)
+    return list(rows[lengths.argsort(stable=True)].split(chunk))
+
+
 def response_outputs(
     model: GPT, ids: torch.Tensor, pad_mask: torch.Tensor, P: int, logits: bool, values: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -239,38 +297,47 @@ def response_outputs(
 
 
 def policy_values(
-    models: Models, ro: Rollout, ids: torch.Tensor, pad_mask: torch.Tensor
+    models: Models, ids: torch.Tensor, pad_mask: torch.Tensor, P: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(policy logits, values) for a (sub)batch, from one forward when the trunk is shared."""
+    """(policy logits, values) for a (sub)batch, from one forward when the trunk is shared. Runs through
+    models.policy_fwd / critic_fwd when set (the DDP wrappers: gradients are synced)."""
+    policy = models.policy_fwd or StageForward(models.policy)
     if models.critic is None:
-        logits, values = response_outputs(models.policy, ids, pad_mask, ro.P, True, True)
+        logits, values = policy(response_outputs, ids, pad_mask, P, True, True)
     else:
-        logits, _ = response_outputs(models.policy, ids, pad_mask, ro.P, True, False)
-        _, values = response_outputs(models.critic, ids, pad_mask, ro.P, False, True)
+        critic = models.critic_fwd or StageForward(models.critic)
+        logits, _ = policy(response_outputs, ids, pad_mask, P, True, False)
+        _, values = critic(response_outputs, ids, pad_mask, P, False, True)
     return logits, values
 
 
-def reward_scores(models: Models, pool: PromptPool, ro: Rollout) -> torch.Tensor:
-    """(B,) normalised reward: the RM head on the last real token, or the python reward function."""
+def reward_scores(models: Models, pool: PromptPool, ro: Rollout, chunk: int) -> torch.Tensor:
+    """(B,) normalised reward: the RM head on the last real token (in length-sorted chunks of `chunk`
+    episodes), or the python reward function."""
     if models.reward_fn is not None:
         raw = models.reward_fn([pool.texts[i] for i in ro.prompt_index], ro.texts)
         return torch.tensor([float(r) for r in raw], device=ro.ids.device)
     assert models.rm is not None
-    hidden = models.rm.hidden(ro.ids, pad_mask=ro.pad_mask)  # (B, P+R, C)
-    last = ro.P + ro.mask.sum(1).long() - 1  # (B,)
-    raw = models.rm.head_outputs(hidden[torch.arange(len(last)), last])[:, 0].float()  # (B,)
+    raw = torch.zeros(len(ro.mask), device=ro.ids.device)  # (B,)
+    for rows in by_prompt_length(ro, torch.arange(len(ro.mask), device=ro.ids.device), chunk):
+        ids, pad_mask, P = trimmed_rows(ro, rows)
+        hidden = models.rm.hidden(ids, pad_mask=pad_mask)  # (b, P+R, C)
+        last = P + ro.mask[rows].sum(1).long() - 1  # (b,)
+        raw[rows] = models.rm.head_outputs(hidden[torch.arange(len(rows)), last])[:, 0].float()
     bias, std = models.rm_norm
     return (raw - bias) / std
 
 
-def penalised(rm_score: torch.Tensor, ended: torch.Tensor, cfg: PPOConfig) -> torch.Tensor:
-    """No-EOS penalty, then optional whitening (scale only) and clipping of the scores."""
+def penalised(
+    rm_score: torch.Tensor, ended: torch.Tensor, cfg: PPOConfig, dist: Dist | None = None
+) -> torch.Tensor:
+    """No-EOS penalty, then optional whitening (scale only, statistics of all ranks) and clipping."""
     hp = cfg.ppo
     penalty = torch.full_like(rm_score, hp.no_eos_penalty)
     fallback = penalty if hp.eos_penalty_mode == "replace" else rm_score + penalty
     score = torch.where(ended, rm_score, fallback)
-    if hp.whiten_rewards and len(score) > 1:
-        score = rl_math.masked_whiten(score, torch.ones_like(score), shift_mean=False)
+    if hp.whiten_rewards and len(score) * (dist or Dist()).world_size > 1:
+        score = global_masked_whiten(score, torch.ones_like(score), dist or Dist(), shift_mean=False)
     if hp.reward_clip > 0:
         score = score.clamp(-hp.reward_clip, hp.reward_clip)
     return score
@@ -278,18 +345,26 @@ def penalised(rm_score: torch.Tensor, ended: torch.Tensor, cfg: PPOConfig) -> to
 
 @torch.no_grad()
 def score_rollout(models: Models, pool: PromptPool, ro: Rollout, cfg: PPOConfig, dev_dtype: Any) -> Scored:
+    """Old and reference log-probs, values and entropy in length-sorted chunks of ppo.minibatch episodes
+    (less padding; (chunk, R, V) logits at a time instead of (B, R, V)), then the reward."""
     device, dtype = dev_dtype
-    T = cfg.ppo.temperature
-    targets = ro.ids[:, ro.P :]
+    T, chunk = cfg.ppo.temperature, cfg.ppo.micro_batch or cfg.ppo.minibatch
+    out = {k: torch.zeros_like(ro.mask) for k in ("logprobs", "ref_logprobs", "values", "entropy")}
+    for rows in by_prompt_length(ro, torch.arange(len(ro.mask), device=ro.mask.device), chunk):
+        ids, pad_mask, P = trimmed_rows(ro, rows)
+        with autocast(device, dtype):
+            logits, values = policy_values(models, ids, pad_mask, P)
+            ref_logits, _ = response_outputs(models.ref, ids, pad_mask, P, True, False)
+        out["logprobs"][rows] = rl_math.logprobs_from_logits(logits, ids[:, P:], T)
+        out["ref_logprobs"][rows] = rl_math.logprobs_from_logits(ref_logits, ids[:, P:], T)
+        out["values"][rows] = values.float()
+        out["entropy"][rows] = rl_math.entropy_from_logits(logits, T)
     with autocast(device, dtype):
-        logits, values = policy_values(models, ro, ro.ids, ro.pad_mask)
-        ref_logits, _ = response_outputs(models.ref, ro.ids, ro.pad_mask, ro.P, True, False)
-        rm_score = reward_scores(models, pool, ro)
+        rm_score = reward_scores(models, pool, ro, chunk)
+    m = ro.mask
     return Scored(
-        logprobs=rl_math.logprobs_from_logits(logits, targets, T) * ro.mask,
-        ref_logprobs=rl_math.logprobs_from_logits(ref_logits, targets, T) * ro.mask,
-        values=values * ro.mask, score=penalised(rm_score, ro.ended, cfg), rm_score=rm_score,
-        entropy=rl_math.entropy_from_logits(logits, T),
+        logprobs=out["logprobs"] * m, ref_logprobs=out["ref_logprobs"] * m, values=out["values"] * m,
+        score=penalised(rm_score, ro.ended, cfg, models.dist), rm_score=rm_score, entropy=out["entropy"],
     )  # fmt: skip
 
 
@@ -304,14 +379,17 @@ class Advantages:
     returns: torch.Tensor  # (B, R)
 
 
-def compute_advantages(sc: Scored, mask: torch.Tensor, cfg: PPOConfig, beta: float) -> Advantages:
+def compute_advantages(
+    sc: Scored, mask: torch.Tensor, cfg: PPOConfig, beta: float, dist: Dist | None = None
+) -> Advantages:
+    """KL-shaped rewards, GAE and (optionally) advantages whitened over the tokens of all ranks."""
     hp = cfg.ppo
     rewards, kl = rl_math.kl_shaped_rewards(
         sc.score, sc.logprobs, sc.ref_logprobs, mask, beta, hp.kl_estimator
     )
     advantages, returns = rl_math.gae(rewards, sc.values, mask, hp.gamma, hp.lam)
     if hp.whiten_advantages:
-        advantages = rl_math.masked_whiten(advantages, mask)
+        advantages = global_masked_whiten(advantages, mask, dist or Dist())
     return Advantages(rewards=rewards, kl=kl, advantages=advantages, returns=returns)
 
 
@@ -326,7 +404,7 @@ class Optimizers:
     critic_sched: OptimConfig
 
 
-def ptx_loss(policy: GPT, windows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def ptx_loss(policy: nn.Module, windows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy on pre-training windows = -E_pretrain[log π(x)]."""
     x, y = (t.to(policy.lm_head.weight.device) for t in windows)
     logits, _ = policy(x)
@@ -337,32 +415,43 @@ def minibatch_step(
     models: Models, opt: Optimizers, ro: Rollout, sc: Scored, adv: Advantages, rows: torch.Tensor,
     cfg: PPOConfig, state: PPOState, dev_dtype: Any, ptx_batch: Any,
 ) -> dict[str, float]:  # fmt: skip
-    """One optimizer step on the episodes `rows`, split into micro-batches whose gradients add up."""
-    hp, (device, dtype) = cfg.ppo, dev_dtype
+    """One optimizer step on the episodes `rows`, split into micro-batches whose gradients add up.
+
+    Under DDP the loss denominator is the step's token count over all ranks divided by the world size
+    (DDP averages the ranks' gradients), and only the last backward all-reduces; the ptx backward runs
+    first, so a shared-trunk policy's unused value head never meets a synced forward."""
+    hp, (device, dtype), dist = cfg.ppo, dev_dtype, models.dist
     micro = hp.micro_batch or len(rows)
-    n_tokens = float(ro.mask[rows].sum())
+    local_tokens = float(ro.mask[rows].sum())
+    n_tokens = (
+        float(all_reduce_(torch.tensor([local_tokens], dtype=torch.float64), dist)[0]) / dist.world_size
+    )
     vf_weight = hp.vf_coef if models.critic is None else 1.0
+    wrapped = [m for m in (models.policy_fwd, models.critic_fwd) if m is not None]
     totals: dict[str, float] = {}
-    for start in range(0, len(rows), micro):
-        j = rows[start : start + micro]
-        with autocast(device, dtype):
-            logits, values = policy_values(models, ro, ro.ids[j], ro.pad_mask[j])
-        new_logprobs = rl_math.logprobs_from_logits(logits, ro.ids[j, ro.P :], hp.temperature)
-        losses = rl_math.ppo_losses(
-            new_logprobs, sc.logprobs[j], adv.advantages[j], values, sc.values[j], adv.returns[j],
-            ro.mask[j], hp.clip_eps, hp.vf_clip, n_tokens=n_tokens,
-        )  # fmt: skip
-        (losses.pg_loss + vf_weight * losses.vf_loss).backward()
+    if ptx_batch is not None:
+        with no_sync(wrapped, skip=True):
+            with autocast(device, dtype):
+                lm = (models.policy_fwd or StageForward(models.policy))(ptx_loss, ptx_batch)
+            (hp.ptx_coef * lm).backward()
+        totals["ptx_loss"] = float(lm.detach())
+    chunks = by_prompt_length(ro, rows, micro)  # the same gradient sum, less padding per micro-batch
+    for i, j in enumerate(chunks):
+        ids, pad_mask, P = trimmed_rows(ro, j)
+        with no_sync(wrapped, skip=i != len(chunks) - 1):  # all-reduce on the last backward only
+            with autocast(device, dtype):
+                logits, values = policy_values(models, ids, pad_mask, P)
+            new_logprobs = rl_math.logprobs_from_logits(logits, ids[:, P:], hp.temperature)
+            losses = rl_math.ppo_losses(
+                new_logprobs, sc.logprobs[j], adv.advantages[j], values, sc.values[j], adv.returns[j],
+                ro.mask[j], hp.clip_eps, hp.vf_clip, n_tokens=n_tokens,
+            )  # fmt: skip
+            (losses.pg_loss + vf_weight * losses.vf_loss).backward()
         weight = losses.stats["n_tokens"] / max(n_tokens, 1.0)
         totals["pg_loss"] = totals.get("pg_loss", 0.0) + float(losses.pg_loss.detach())
         totals["value_loss"] = totals.get("value_loss", 0.0) + float(losses.vf_loss.detach())
         for k in ("clipfrac", "approx_kl", "approx_kl_k1", "vf_clipfrac"):
             totals[k] = totals.get(k, 0.0) + losses.stats[k] * weight
-    if ptx_batch is not None:
-        with autocast(device, dtype):
-            lm = ptx_loss(models.policy, ptx_batch)
-        (hp.ptx_coef * lm).backward()
-        totals["ptx_loss"] = float(lm.detach())
     gnorm, lr = optimizer_step(models.policy, opt.policy, state.step, opt.policy_sched)
     if models.critic is not None and opt.critic is not None:
         totals["value_gnorm"], _ = optimizer_step(models.critic, opt.critic, state.step, opt.critic_sched)
@@ -461,14 +550,14 @@ def ppo_iteration(
     ro = rollout(models, pool, cfg, state.iteration, dev_dtype[1])
     t1 = time.perf_counter()
     sc = score_rollout(models, pool, ro, cfg, dev_dtype)
-    adv = compute_advantages(sc, ro.mask, cfg, state.beta)
+    adv = compute_advantages(sc, ro.mask, cfg, state.beta, models.dist)
     t2 = time.perf_counter()
     upd = ppo_update(models, opt, ro, sc, adv, cfg, state, dev_dtype, ptx_source)
     t3 = time.perf_counter()
     update_tokens = float(ro.pad_mask.sum()) * cfg.ppo.epochs
     timing = {"rollout": t1 - t0, "update": t3 - t2, "update_tokens": update_tokens}
     rec = iteration_record(ro, sc, adv, gold_scores(pool, ro), upd, state.beta, timing)
-    return rec, sample_lines(pool, ro, sc, cfg.ppo.samples_to_print)
+    return mean_over_ranks(rec, models.dist), sample_lines(pool, ro, sc, cfg.ppo.samples_to_print)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------------
@@ -479,6 +568,13 @@ def save_ppo(out_dir: Path, models: Models, opt: Optimizers, state: PPOState, me
     tensors.update(rng_tensors())
     trainer_json = {"state": asdict(state), "optimizer": rest}
     meta = {**meta, "iteration": state.iteration, "beta": state.beta}
+    if models.critic is not None and opt.critic is not None:
+        # the critic and its optimizer also ride in the policy's trainer state, so that one atomic write
+        # commits both (a kill between the policy and value/ writes would resume with a stale critic)
+        v_tensors, v_rest = flatten_optimizer(opt.critic.state_dict())
+        tensors.update({f"critic.{k}": v for k, v in v_tensors.items()})
+        tensors.update({f"critic.model.{k}": v for k, v in model_state(models.critic).items()})
+        trainer_json["critic_optimizer"] = v_rest
     save_checkpoint(
         out_dir / POLICY_DIR,
         models.policy,
@@ -488,7 +584,6 @@ def save_ppo(out_dir: Path, models: Models, opt: Optimizers, state: PPOState, me
         trainer_json=trainer_json,
     )
     if models.critic is not None and opt.critic is not None:
-        v_tensors, v_rest = flatten_optimizer(opt.critic.state_dict())
         save_checkpoint(
             out_dir / VALUE_DIR, models.critic, models.tok, meta={"kind": "value", "iteration": state.iteration},
             trainer_tensors=v_tensors, trainer_json={"optimizer": v_rest},
@@ -503,7 +598,18 @@ def resume_ppo(out_dir: Path, models: Models, opt: Optimizers) -> PPOState | Non
     load_model_weights(models.policy, out_dir / POLICY_DIR / "model.safetensors")
     opt.policy.load_state_dict(unflatten_optimizer(tensors, rest["optimizer"]))
     restore_rng(tensors)
-    if models.critic is not None and opt.critic is not None:
+    if models.critic is not None and opt.critic is not None and "critic_optimizer" in rest:
+        critic = {
+            k.removeprefix("critic.model."): v for k, v in tensors.items() if k.startswith("critic.model.")
+        }
+        missing, unexpected = models.critic.load_state_dict(critic, strict=False)
+        if set(missing) - {TIED_KEY} or unexpected:
+            raise CheckpointError(f"{out_dir / POLICY_DIR}: the saved critic does not fit the value model")
+        v_tensors = {
+            k.removeprefix("critic."): v for k, v in tensors.items() if k.startswith("critic.optim.")
+        }
+        opt.critic.load_state_dict(unflatten_optimizer(v_tensors, rest["critic_optimizer"]))
+    elif models.critic is not None and opt.critic is not None:  # checkpoints written before the above
         v_loaded = load_trainer_state(out_dir / VALUE_DIR)
         if v_loaded is None:
             raise FileNotFoundError(
@@ -552,8 +658,11 @@ def make_optimizers(models: Models, cfg: PPOConfig, device: torch.device) -> tup
     return opt, plan
 
 
-def open_ptx(cfg: PPOConfig, data_dir: str, block_size: int, tok: Tokenizer) -> tuple[Any, Any]:
-    """(random train windows for PPO-ptx or None, fixed validation windows for held-out LM loss or None)."""
+def open_ptx(
+    cfg: PPOConfig, data_dir: str, block_size: int, tok: Tokenizer, dist: Dist | None = None
+) -> tuple[Any, Any]:
+    """(random train windows for PPO-ptx or None, fixed validation windows for held-out LM loss or None).
+    Under torchrun each rank draws its own ptx windows."""
     if not data_dir:
         if cfg.ppo.ptx_coef > 0:
             raise ValueError("ppo.ptx_coef > 0 needs pre-training shards: pass --data-dir runs/NAME/data")
@@ -568,7 +677,14 @@ def open_ptx(cfg: PPOConfig, data_dir: str, block_size: int, tok: Tokenizer) -> 
         )
     block = min(cfg.ppo.ptx_block, block_size)
     source = (
-        RandomWindows(data.train_ids, block, cfg.ppo.ptx_batch, seed=cfg.run.seed)
+        RandomWindows(
+            data.train_ids,
+            block,
+            cfg.ppo.ptx_batch,
+            seed=cfg.run.seed,
+            rank=(dist or Dist()).rank,
+            world_size=(dist or Dist()).world_size,
+        )  # fmt: skip
         if cfg.ppo.ptx_coef > 0
         else None
     )
@@ -601,14 +717,19 @@ def ppo(
     (user messages) replace the task prompt pool (toys and tests; gold scores then are NaN).
     """
     dist = dist or Dist(device=resolve_device(cfg.run.device))
-    if dist.enabled:
-        raise ValueError("ppo runs on one process; launch it without torchrun")
+    if dist.enabled and cfg.run.parallel != "ddp":
+        raise ValueError(
+            f"ppo under torchrun supports run.parallel=ddp only (got {cfg.run.parallel!r}): every rank "
+            "generates rollouts with the full policy; set run.parallel=ddp"
+        )
     out_dir = Path(out_dir)
-    save_config(cfg, out_dir / "config.toml")
+    if dist.is_main:
+        save_config(cfg, out_dir / "config.toml")
     seed_everything(cfg.run.seed)
     device = dist.device
     dev_dtype = (device, resolve_dtype(cfg.run.dtype, device))
     models = build_models(cfg, device, policy, tok, reward_fn)
+    models.dist = dist
     families = cfg.ppo.families
     pool = (
         text_prompt_pool(models.tok, prompts)
@@ -616,25 +737,32 @@ def ppo(
         else task_prompt_pool(models.tok, cfg.ppo.n_prompts, "train", cfg.run.seed, families)
     )
     ptx_source, val_windows = open_ptx(
-        cfg, str(data_dir or cfg.data_dir), models.policy.config.block_size, models.tok
+        cfg, str(data_dir or cfg.data_dir), models.policy.config.block_size, models.tok, dist
     )
-    opt, plan = make_optimizers(models, cfg, device)
+    opt, plan = make_optimizers(models, cfg, device)  # (sets requires_grad, so DDP comes after)
+    models.policy_fwd = wrap_model(models.policy, dist, cfg.run, dev_dtype[1])
+    if models.critic is not None:
+        models.critic_fwd = wrap_model(models.critic, dist, cfg.run, dev_dtype[1])
     plan = replace(plan, dtype=str(dev_dtype[1] or torch.float32).replace("torch.", ""))
-    print("plan: " + ", ".join(f"{k}={v}" for k, v in asdict(plan).items()))
+    if dist.is_main:
+        print("plan: " + ", ".join(f"{k}={v}" for k, v in asdict(plan).items()))
     state = (resume_ppo(out_dir, models, opt) if resume else None) or PPOState(beta=cfg.ppo.beta)
+    if ptx_source is not None and state.ptx_data:
+        ptx_source.load_state_dict(state.ptx_data)
     kl_ctl: Any = (
         rl_math.AdaptiveKLController(state.beta, cfg.ppo.target_kl, cfg.ppo.horizon)
         if cfg.ppo.adaptive_kl else rl_math.FixedKLController(state.beta)
     )  # fmt: skip
-    log = MetricsLog(out_dir / METRICS_FILE, True, state.step if resume and state.iteration else None)
+    log = MetricsLog(out_dir / METRICS_FILE, dist.is_main, state.step if resume and state.iteration else None)
     meta = {"stage": "ppo", "policy": cfg.policy, "rm": cfg.rm, "ptx_coef": cfg.ppo.ptx_coef}
     val_start = heldout_lm_loss(models.ref, val_windows, dev_dtype) if val_windows else None
     summary = run_iterations(models, opt, pool, cfg, state, kl_ctl, dev_dtype, ptx_source, log, out_dir, meta)
     if val_windows:
         summary["ptx/heldout_lm_loss_sft"] = val_start
         summary["ptx/heldout_lm_loss_rl"] = heldout_lm_loss(models.policy, val_windows, dev_dtype)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"ppo: wrote {out_dir / POLICY_DIR}, {out_dir / METRICS_FILE}, {out_dir / 'summary.json'}")
+    if dist.is_main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"ppo: wrote {out_dir / POLICY_DIR}, {out_dir / METRICS_FILE}, {out_dir / 'summary.json'}")
     return models.policy, summary
 
 
@@ -644,11 +772,14 @@ def run_iterations(
 ) -> dict[str, Any]:  # fmt: skip
     """The outer loop: iterate, update β, log, checkpoint (and snapshot) every run.save_every iterations."""
     hp, run = cfg.ppo, cfg.run
-    first: dict[str, float] = {}
+    # a resumed run's "first" iteration is still iteration 1 (its record survived in the metrics log)
+    first: dict[str, float] = next(iter(read_metrics(log.path)), {}) if state.iteration else {}
     rec: dict[str, Any] = {}
+    main = models.dist.is_main  # only rank 0 prints and writes checkpoints
     bar = tqdm(
-        total=hp.iterations, initial=state.iteration, disable=not run.progress, desc="ppo", leave=False
-    )
+        total=hp.iterations, initial=state.iteration, disable=not (run.progress and main), desc="ppo",
+        leave=False,
+    )  # fmt: skip
     with bar:
         while state.iteration < hp.iterations:
             t0 = time.perf_counter()
@@ -662,9 +793,10 @@ def run_iterations(
             log.write(rec)
             bar.update(1)
             bar.set_postfix(rm=f"{stats['ppo/reward_rm']:+.2f}", kl=f"{stats['ppo/kl_k1']:.2f}")
-            if state.iteration % run.log_every == 0 or state.iteration in (1, hp.iterations):
+            if main and (state.iteration % run.log_every == 0 or state.iteration in (1, hp.iterations)):
                 tqdm.write(log_line(rec, hp.iterations) + "\n" + "\n".join(samples))
-            if state.iteration % run.save_every == 0 or state.iteration == hp.iterations:
+            if main and (state.iteration % run.save_every == 0 or state.iteration == hp.iterations):
+                state.ptx_data = ptx_source.state_dict() if ptx_source is not None else {}
                 save_ppo(out_dir, models, opt, state, meta)
                 save_checkpoint(
                     out_dir / SNAPSHOT_DIR / f"iter_{state.iteration:04d}", models.policy, models.tok,
@@ -690,15 +822,24 @@ def run_ppo(
     data_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """The pipeline's PPO stage: train, then the gold-judged win rate over the SFT policy on held-out
-    prompts (greedy). Writes out_dir/winrate.json; returns JSON-able headline numbers."""
+    prompts, greedy (winrate.json) and sampled at the rollout temperature (winrate_sampled.json).
+    Returns JSON-able headline numbers."""
     from picochat.eval.winrate import winrate
 
     policy, summary = ppo(cfg, out_dir, resume=resume, data_dir=data_dir)
-    sft, tok = load_checkpoint(cfg.policy, device=policy.lm_head.weight.device)
-    result = winrate(policy, sft, tok, n=winrate_n, seed=cfg.run.seed, max_new_tokens=cfg.ppo.max_new_tokens)
-    (Path(out_dir) / "winrate.json").write_text(json.dumps(result, indent=2) + "\n")
+    sft, tok = load_checkpoint(cfg.reference or cfg.policy, device=policy.lm_head.weight.device)
     keys = ("win_rate", "ci_low", "ci_high", "gold_policy", "gold_baseline")
-    return {**summary, **{f"winrate/{k}": result[k] for k in keys}}
+    out = dict(summary)
+    # greedy answers, and answers sampled at the rollout temperature (the distribution PPO optimised)
+    for name, temperature in (("winrate", 0.0), ("winrate_sampled", cfg.ppo.temperature)):
+        result = winrate(
+            policy, sft, tok, n=winrate_n, seed=cfg.run.seed, temperature=temperature,
+            max_new_tokens=cfg.ppo.max_new_tokens,
+        )  # fmt: skip
+        result["temperature"] = temperature
+        (Path(out_dir) / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        out.update({f"{name}/{k}": result[k] for k in keys})
+    return out
 
 
 __all__ = ["PromptPool", "RewardFn", "ppo", "run_ppo"]

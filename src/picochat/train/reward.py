@@ -24,7 +24,9 @@ with ties or mixed K a prompt weighs by its number of pairs rather than exactly 
 After training the reward is NORMALISED: a bias is added to the head so that the SFT policy's own
 samples (the collected answers: reference outputs) score mean 0, as InstructGPT does before RL; their
 score std is reported and stored with the bias in the checkpoint meta.
-Multi-process (DDP/FSDP) training is not supported: the loss needs `GPT.hidden`, which the wrappers hide.
+Under torchrun (DDP or FSDP) the loss runs inside the wrapper's forward (train/parallel.py); each step's
+batch_size × world_size prompts are dealt out by rank. Rank 0 collects the preferences (the others read
+its files), evaluates, normalises and writes the outputs.
 """
 
 from __future__ import annotations
@@ -202,14 +204,17 @@ def collate(items: Sequence[tuple[list[list[int]], list[int]]], pad_id: int) -> 
 
 
 class RankingSource:
-    """Shuffled epochs over encoded records, batch_size prompts per batch (resumable)."""
+    """Shuffled epochs over encoded records, batch_size prompts per batch (resumable). Every rank draws
+    the same global batch of batch_size × world_size prompts and keeps its own slice."""
 
     def __init__(
-        self, items: list[tuple[list[list[int]], list[int]]], batch_size: int, pad_id: int, seed: int
-    ) -> None:
+        self, items: list[tuple[list[list[int]], list[int]]], batch_size: int, pad_id: int, seed: int,
+        rank: int = 0, world_size: int = 1,
+    ) -> None:  # fmt: skip
         if not items:
             raise ValueError("no ranked prompts to train on: every record was empty or all-tied")
         self.items, self.batch_size, self.pad_id, self.seed = items, batch_size, pad_id, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.pos = 0, 0
         self.order = self._order()
 
@@ -220,14 +225,16 @@ class RankingSource:
 
     def next_batch(self) -> RankBatch:
         picked: list[int] = []
-        while len(picked) < self.batch_size:
+        n_global = self.batch_size * self.world_size
+        while len(picked) < n_global:
             if self.pos >= len(self.order):
                 self.epoch, self.pos = self.epoch + 1, 0
                 self.order = self._order()
-            take = self.order[self.pos : self.pos + self.batch_size - len(picked)]
+            take = self.order[self.pos : self.pos + n_global - len(picked)]
             picked += take
             self.pos += len(take)
-        return collate([self.items[i] for i in picked], self.pad_id)
+        mine = picked[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return collate([self.items[i] for i in mine], self.pad_id)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "pos": self.pos}
@@ -307,6 +314,7 @@ def prepare_preferences(
             records, stats = collect_records(
                 model, tok, tasks, c.k, temperature=temperature, noise=c.noise, seed=seed,
                 max_new_tokens=c.max_new_tokens, batch_prompts=c.batch_prompts, autocast_dtype=dtype,
+                tie_tolerance=c.tie_tolerance,
             )  # fmt: skip
             log(
                 f"rm: collected {name}: {stats['n_records']}/{n} prompts kept, mean gold score "
@@ -318,21 +326,25 @@ def prepare_preferences(
         return run
 
     prefs = out_dir / "prefs"
+    policy = sft
+    if cfg.collect_policy:
+        policy, _ = load_checkpoint(cfg.collect_policy, device=next(sft.parameters()).device)
     train: list[PreferenceRecord] = []
     for f in cfg.data:
         train += read_any(f)
     if not cfg.data:
         train = _load_or_collect("", prefs / "train.jsonl", reuse,
-                                 gather(sft, c.split, c.n_prompts, c.seed, c.temperature, "train"), log)  # fmt: skip
+                                 gather(policy, c.split, c.n_prompts, c.seed, c.temperature, "train"), log)  # fmt: skip
     heldout = _load_or_collect(cfg.heldout, prefs / "heldout.jsonl", reuse,
-                               gather(sft, "heldout", cfg.n_heldout, c.seed + 1, c.temperature, "heldout"), log)  # fmt: skip
+                               gather(policy, "heldout", cfg.n_heldout, c.seed + 1, c.temperature, "heldout"), log)  # fmt: skip
     shift_model = sft
     if cfg.shift_policy and not cfg.shift:
         shift_model, _ = load_checkpoint(cfg.shift_policy, device=next(sft.parameters()).device)
     shift_temp = c.temperature if cfg.shift_policy else cfg.shift_temperature
     shift = _load_or_collect(cfg.shift, prefs / "shift.jsonl", reuse,
                              gather(shift_model, "heldout", cfg.n_heldout, c.seed + 2, shift_temp, "shift"), log)  # fmt: skip
-    return train, heldout, shift
+    earlier = [r for f in cfg.extra_data for r in read_any(f)]  # earlier rounds' comparisons
+    return earlier + train, heldout, shift
 
 
 def encode_items(
@@ -355,21 +367,25 @@ def train_reward(
     from picochat.eval.reward import evaluate_rankings, write_calibration
 
     dist = dist or Dist()
-    if dist.enabled:
-        raise ValueError("picochat rm runs in one process; start it without torchrun")
     if not cfg.sft:
         raise ValueError("rm needs the SFT checkpoint it starts from: --ckpt runs/NAME/sft/ckpt")
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    save_config(cfg, out_dir / "config.toml")
+    if dist.is_main:
+        save_config(cfg, out_dir / "config.toml")
     seed_everything(cfg.run.seed)
     sft, tok = load_checkpoint(cfg.sft, device=dist.device)
-    train, heldout, shift = prepare_preferences(cfg, sft, tok, out_dir, reuse=resume, log=log)
+    if dist.is_main:  # rank 0 collects and writes prefs/*.jsonl, then the other ranks read them
+        train, heldout, shift = prepare_preferences(cfg, sft, tok, out_dir, reuse=resume, log=log)
+    if dist.enabled:
+        torch.distributed.barrier()
+    if not dist.is_main:
+        train, heldout, shift = prepare_preferences(cfg, sft, tok, out_dir, reuse=True, log=lambda *a: None)
     t_data = time.perf_counter() - t0
     model = with_head(sft, 1)
     block = model.config.block_size
     items = encode_items(tok, train, block)
-    source = RankingSource(items, cfg.optim.batch_size, tok.eot_id, cfg.run.seed)
+    source = RankingSource(items, cfg.optim.batch_size, tok.eot_id, cfg.run.seed, dist.rank, dist.world_size)
     eval_items = encode_items(tok, heldout, block)
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
@@ -386,7 +402,9 @@ def train_reward(
         eval_fn=eval_fn if eval_items else None, meta={"stage": "reward", "kind": "reward"}, items_name="pairs",
     )  # fmt: skip
     state = trainer.run(resume=resume)
-    model.eval()
+    if not dist.is_main:  # rank 0 normalises, evaluates and writes
+        return {"steps": state.step, "train_s": state.elapsed_s}
+    model = trainer.model.eval()  # under FSDP: the gathered full model
 
     ref = reference_records(train)
     ref_scores = [s for row in score_records(model, tok, ref, cfg.score_batch) for s in row]
