@@ -149,7 +149,7 @@ class PipelineConfig:
     """`picochat pipeline`: the stages, their preset and where they write."""
 
     preset: str = "tiny"
-    """stage settings: micro (seconds), tiny (2-core CPU, ~17 min), small-cpu, gpt2 (one GPU)"""
+    """stage settings: micro (seconds), tiny (2-core CPU, ~13 min), small-cpu, gpt2 (one GPU)"""
     out: str = ""
     """run directory (default runs/<preset>)"""
     seed: int = 1337

@@ -319,7 +319,16 @@ def section_transcripts(root: Path) -> str:
     return "\n".join(out)
 
 
-SECTIONS = [section_pretrain, section_evals, section_sft, section_rm, section_ppo, section_transcripts]
+def section_scaling(root: Path) -> str:
+    """`picochat scaling --out runs/NAME/scaling` results, when the run directory has them."""
+    from picochat.scaling import scaling_section
+
+    return scaling_section(root / "scaling", root)
+
+
+SECTIONS = [
+    section_pretrain, section_evals, section_sft, section_rm, section_ppo, section_transcripts, section_scaling,
+]  # fmt: skip
 
 
 def build_report(root: str | Path) -> tuple[Path, Path]:
