@@ -159,10 +159,10 @@ def ppo_args(out: Path, root: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_ppo_ptx_survives_kills_bitwise(cli, tmp_path: Path, rlhf_run: Path) -> None:
-    """PPO-ptx (policy, separate value model, pre-training windows) killed twice between optimizer steps.
-    PPO has no graceful stop: SIGINT/SIGTERM end it without a checkpoint, so only SIGKILL is sent."""
+    """PPO-ptx (policy, separate value model, pre-training windows) killed twice at random optimizer steps
+    and stopped once by SIGTERM, which finishes the iteration, checkpoints it and exits 130."""
     ref = cli.start(*ppo_args(tmp_path / "straight", rlhf_run))
-    schedule = kill_schedule(0, 2, 40, signal.SIGKILL)  # optimizer steps; 8 per iteration
+    schedule = kill_schedule(0, 3, 40, signal.SIGTERM)  # optimizer steps; 8 per iteration
     interrupted_run(cli, ppo_args(tmp_path / "killed", rlhf_run), tmp_path / "killed", schedule, 0)
     code, _, err = cli.finish(ref)
     assert code == 0, err[-3000:]

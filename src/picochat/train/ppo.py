@@ -73,8 +73,10 @@ from picochat.train import rl_math
 from picochat.train.loop import (
     METRICS_FILE,
     Dist,
+    GracefulStop,
     MetricsLog,
     NonFiniteError,
+    StopRequested,
     autocast,
     build_optimizer,
     optimizer_step,
@@ -567,7 +569,7 @@ def save_ppo(out_dir: Path, models: Models, opt: Optimizers, state: PPOState, me
     tensors, rest = flatten_optimizer(opt.policy.state_dict())
     tensors.update(rng_tensors())
     trainer_json = {"state": asdict(state), "optimizer": rest}
-    meta = {**meta, "iteration": state.iteration, "beta": state.beta}
+    meta = {**meta, "iteration": state.iteration, "step": state.step, "beta": state.beta}
     if models.critic is not None and opt.critic is not None:
         # the critic and its optimizer also ride in the policy's trainer state, so that one atomic write
         # commits both (a kill between the policy and value/ writes would resume with a stale critic)
@@ -770,7 +772,8 @@ def run_iterations(
     models: Models, opt: Optimizers, pool: PromptPool, cfg: PPOConfig, state: PPOState, kl_ctl: Any,
     dev_dtype: Any, ptx_source: Any, log: MetricsLog, out_dir: Path, meta: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
-    """The outer loop: iterate, update β, log, checkpoint (and snapshot) every run.save_every iterations."""
+    """The outer loop: iterate, update β, log, checkpoint (and snapshot) every run.save_every iterations.
+    SIGINT/SIGTERM finish the current iteration, checkpoint it and raise StopRequested (--resume goes on)."""
     hp, run = cfg.ppo, cfg.run
     # a resumed run's "first" iteration is still iteration 1 (its record survived in the metrics log)
     first: dict[str, float] = next(iter(read_metrics(log.path)), {}) if state.iteration else {}
@@ -780,7 +783,7 @@ def run_iterations(
         total=hp.iterations, initial=state.iteration, disable=not (run.progress and main), desc="ppo",
         leave=False,
     )  # fmt: skip
-    with bar:
+    with GracefulStop() as stop, bar:
         while state.iteration < hp.iterations:
             t0 = time.perf_counter()
             stats, samples = ppo_iteration(models, opt, pool, cfg, state, dev_dtype, ptx_source)
@@ -795,13 +798,18 @@ def run_iterations(
             bar.set_postfix(rm=f"{stats['ppo/reward_rm']:+.2f}", kl=f"{stats['ppo/kl_k1']:.2f}")
             if main and (state.iteration % run.log_every == 0 or state.iteration in (1, hp.iterations)):
                 tqdm.write(log_line(rec, hp.iterations) + "\n" + "\n".join(samples))
-            if main and (state.iteration % run.save_every == 0 or state.iteration == hp.iterations):
+            due = state.iteration % run.save_every == 0 or state.iteration == hp.iterations
+            if main and (due or stop.requested):
                 state.ptx_data = ptx_source.state_dict() if ptx_source is not None else {}
                 save_ppo(out_dir, models, opt, state, meta)
                 save_checkpoint(
                     out_dir / SNAPSHOT_DIR / f"iter_{state.iteration:04d}", models.policy, models.tok,
                     meta={**meta, "iteration": state.iteration, "kl_k1": stats["ppo/kl_k1"]},
                 )  # fmt: skip
+            if stop.requested:
+                if main:
+                    tqdm.write(f"ppo: stopped by signal at iteration {state.iteration}; checkpoint in {out_dir}")
+                raise StopRequested(str(out_dir / POLICY_DIR))
     keys = ("ppo/reward_rm", "ppo/gold_score", "ppo/kl_k1", "ppo/kl_k3", "ppo/response_len", "ppo/beta")
     summary: dict[str, Any] = {
         "iterations": state.iteration,
