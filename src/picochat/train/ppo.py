@@ -808,7 +808,9 @@ def run_iterations(
                 )  # fmt: skip
             if stop.requested:
                 if main:
-                    tqdm.write(f"ppo: stopped by signal at iteration {state.iteration}; checkpoint in {out_dir}")
+                    tqdm.write(
+                        f"ppo: stopped by signal at iteration {state.iteration}; checkpoint in {out_dir}"
+                    )
                 raise StopRequested(str(out_dir / POLICY_DIR))
     keys = ("ppo/reward_rm", "ppo/gold_score", "ppo/kl_k1", "ppo/kl_k3", "ppo/response_len", "ppo/beta")
     summary: dict[str, Any] = {
