@@ -120,10 +120,11 @@ def collect_records(
         gold += scores
         all_pairs += k * (k - 1) // 2
         record = rank_completions(task, completions, noise, rng, tie_tolerance=tie_tolerance)
-        ranking = record.ranking if record is not None else list(range(k))
-        tied_pairs += sum(len(g) * (len(g) - 1) // 2 for g in tie_groups(ranking, scores, tie_tolerance))
-        if record is not None:
-            records.append(record)
+        if record is None:  # all k answers tie
+            tied_pairs += k * (k - 1) // 2
+            continue
+        tied_pairs += sum(len(g) * (len(g) - 1) // 2 for g in record.ties)
+        records.append(record)
     stats = {
         "n_prompts": len(tasks), "n_records": len(records), "n_all_tied": len(tasks) - len(records),
         "mean_gold_score": sum(gold) / max(len(gold), 1), "tied_pair_fraction": tied_pairs / max(all_pairs, 1),
