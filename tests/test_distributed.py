@@ -8,7 +8,6 @@ resumed run to 6 sees the same schedule as a straight 6-step run.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
+from dist_helpers import free_port
 from picochat.cli import dist_from_env
 from picochat.config import CorpusConfig, ModelSpec, OptimConfig, RunConfig
 from picochat.data.shards import RandomWindows
@@ -70,12 +70,6 @@ def worker(rank: int, port: int, data_dir: Path, jobs: list[Job]) -> None:
             train(out_dir, data_dir, dist, parallel, steps, resume)
     finally:
         torch_dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def two_ranks(data_dir: Path, jobs: list[Job]) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from dist_helpers import free_port
 from picochat.checkpoint import load_checkpoint, save_checkpoint
 from picochat.cli import dist_from_env
 from picochat.config import FinetuneConfig, PPOConfig, RewardConfig, SFTConfig, load_config
@@ -116,12 +116,6 @@ def worker(rank: int, port: int, jobs: list[Job]) -> None:
             STAGES[stage](overrides, out, dist)
     finally:
         torch_dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def two_ranks(jobs: list[Job]) -> None:
