@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from picochat.checkpoint import load_checkpoint, save_checkpoint
-from picochat.engine import Engine
+from picochat.engine import Engine, SamplingParams
 from picochat.model import GPT, GPTConfig
 from picochat.serve.app import ServeOptions, ServerThread, create_app
 from picochat.tokenizer import Tokenizer
@@ -159,10 +159,24 @@ def test_concurrent_requests_share_batches(served: tuple[ServerThread, Engine]) 
     assert stats["max_rows"] >= 2
 
 
-def test_client_disconnect_cancels_generation(served: tuple[ServerThread, Engine]) -> None:
-    server, _ = served
+def test_client_disconnect_cancels_generation(
+    served: tuple[ServerThread, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, engine = served
     stats = server.server.config.app.state.scheduler.stats
     before = dict(stats)
+    plain = engine.tok.encode("a")[0]
+
+    def slow_steps(
+        prompts: list[list[int]], params: SamplingParams, **_: object
+    ) -> Iterator[list[tuple[int, int]]]:
+        # A real micro model can finish 120 tokens (or sample a stop token) before the server sees the
+        # hang-up; a slow stream of ordinary tokens makes the disconnect the only way the request ends.
+        for _ in range(params.max_new_tokens):
+            time.sleep(0.05)
+            yield [(row, plain) for row in range(len(prompts))]
+
+    monkeypatch.setattr(engine, "generate_tokens", slow_steps)
     body = {"model": MODEL, "prompt": "x", "max_tokens": 120, "stream": True, "temperature": 1.0}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
@@ -172,6 +186,7 @@ def test_client_disconnect_cancels_generation(served: tuple[ServerThread, Engine
         time.sleep(0.05)
     assert stats["cancelled"] == before["cancelled"] + 1
     assert stats["tokens"] - before["tokens"] < 120
+    monkeypatch.undo()
     ok = httpx.post(
         server.url + "/v1/completions", json={"model": MODEL, "prompt": "y", "max_tokens": 2}, timeout=60
     )
