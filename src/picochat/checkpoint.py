@@ -11,12 +11,17 @@ A checkpoint is written into `NAME.tmp/` and renamed into place, so a crash or a
 leaves a half-written `NAME/` and never destroys the previous good one. config.json, written last,
 records the sha256 of each safetensors file; loading checks it, so a flipped bit or a partial copy is an
 error instead of silently different weights (checkpoints written before this check have no digests).
+
+Single files that are replaced whole (summary.json, config.toml, calibration.json, ...) go through
+atomic_write_text / write_json here: a temporary file, fsync, then os.replace, never a truncated file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -43,8 +48,36 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is missing, incomplete, corrupt or does not fit the model."""
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Replace the file `path` with `data` in one step, so a reader never sees a half-written file.
+
+    A plain write_text truncates the old file first: a crash or a full disk midway leaves it empty or
+    torn. Here the bytes go to a temporary file in the same folder (same file system, so the rename is
+    atomic), which is flushed and fsync'ed before os.replace puts it in place. On any exception the old
+    file is left byte for byte and the temporary file is removed. The parent folder must exist.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # "x": never clobber; permissions follow the umask like write_text
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Replace the text file `path` atomically (UTF-8); see atomic_write_bytes."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Write `obj` as indented JSON with sorted keys, atomically (atomic_write_text)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def atomic_dir_write(path: Path, write: Any) -> None:

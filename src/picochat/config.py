@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import tomli_w
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from picochat.checkpoint import atomic_write_text
 from picochat.model import PRESETS, GPTConfig
 
 if sys.version_info >= (3, 11):
@@ -767,15 +768,16 @@ def drop_none(tree: Any) -> Any:
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:
-    """Write the resolved config as TOML (None values are the defaults and are left out)."""
+    """Write the resolved config as TOML (None values are the defaults and are left out), atomically so
+    that a crash mid-write never leaves a torn config.toml for --resume to trip over."""
     assert is_dataclass(cfg)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
+    return atomic_write_text(
+        path,
         f"# resolved {type(cfg).__name__}; rerun with --config {path.name}\n"
-        + tomli_w.dumps(drop_none(to_tree(cfg)))
+        + tomli_w.dumps(drop_none(to_tree(cfg))),
     )
-    return path
 
 
 def field_help(cls: type, prefix: str = "", default: Any = None) -> list[tuple[str, str, str]]:

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from picochat.checkpoint import atomic_write_text
 from picochat.config import (
     ConfigError,
     PretrainConfig,
@@ -224,7 +225,7 @@ def stage_sample(ctx: Context) -> dict[str, Any]:
     samples = [p + t for p, t in zip(prompts, texts, strict=True)]
     out = ctx.root / "sample"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "samples.txt").write_text("\n\n---\n\n".join(samples) + "\n")
+    atomic_write_text(out / "samples.txt", "\n\n---\n\n".join(samples) + "\n")
     print("\n---\n".join(samples))
     return {"samples": samples}
 
@@ -426,7 +427,7 @@ def stage_report(ctx: Context) -> dict[str, Any]:
     record_path = ctx.path("pipeline.json")
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     record["headline"] = headline(ctx.root)
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
     md_path, html_path = build_report(ctx.root)
     print(f"report: wrote {md_path} and {html_path}")
     return {"report": str(md_path), "html": str(html_path), **record["headline"]}
@@ -531,12 +532,12 @@ def run_pipeline(
         summary = run_stage(stage, ctx)
         seconds = time.perf_counter() - t0
         done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps({"seconds": seconds, **summary}, indent=2) + "\n")
+        atomic_write_text(done, json.dumps({"seconds": seconds, **summary}, indent=2) + "\n")
         record["stages"][stage] = {"seconds": seconds}
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
         print(f"[{k}/{len(selected)}] {stage}: {seconds:.1f} s")
     total = time.perf_counter() - t_start
     record["total_seconds_last_invocation"] = total
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
     print(f"pipeline: finished in {total:.0f} s; outputs in {root}")
     return record

@@ -8,6 +8,7 @@ for stages that ran. Plots use matplotlib's Agg backend (no display needed).
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -20,9 +21,18 @@ matplotlib.use("Agg")
 import markdown as md  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
+from picochat.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
 from picochat.train.loop import read_metrics  # noqa: E402
 
 PLOTS = "plots"
+
+
+def save_figure(fig: Any, path: Path, **kwargs: Any) -> Path:
+    """fig.savefig(path), but atomic: rendered in memory, then put in place in one step (a crash while
+    saving never leaves a truncated image over the last good one)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **kwargs)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -79,7 +89,7 @@ def line_plot(
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -242,7 +252,7 @@ def section_rm(root: Path) -> str:
             fig.tight_layout()
             png = root / PLOTS / "rm_calibration.png"
             png.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(png)
+            save_figure(fig, png)
             plt.close(fig)
             out += ["", image(png, root, "RM calibration")]
     return "\n".join(out)
@@ -345,10 +355,12 @@ def build_report(root: str | Path) -> tuple[Path, Path]:
     parts += [s(root) for s in SECTIONS]
     text = "\n\n".join(p for p in parts if p) + "\n"
     md_path = root / "report.md"
-    md_path.write_text(text)
+    atomic_write_text(md_path, text)
     body = md.markdown(text, extensions=["tables", "fenced_code"])
     html_path = root / "report.html"
-    html_path.write_text(HTML_PAGE.format(title=html.escape(f"picochat report: {root.name}"), body=body))
+    atomic_write_text(
+        html_path, HTML_PAGE.format(title=html.escape(f"picochat report: {root.name}"), body=body)
+    )
     return md_path, html_path
 
 

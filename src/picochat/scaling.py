@@ -60,8 +60,10 @@ from matplotlib import ticker  # noqa: E402
 from scipy import optimize, stats  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from picochat.checkpoint import atomic_write_text  # noqa: E402
 from picochat.config import ModelSpec, PretrainConfig, ScalingConfig, save_config, to_tree  # noqa: E402
 from picochat.model import GPT, GPTConfig, flops_per_token  # noqa: E402
+from picochat.report import save_figure  # noqa: E402
 from picochat.train.loop import Dist, autocast, resolve_device, resolve_dtype  # noqa: E402
 from picochat.train.pretrain import PreparedData, make_eval_fn, prepare_data, pretrain  # noqa: E402
 
@@ -312,7 +314,7 @@ def train_member(
         "train_s": float(summary["elapsed_s"]),
         "wall_s": time.perf_counter() - t0,
     }
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
     return {**record, "reused": False}
 
 
@@ -355,7 +357,7 @@ def plot_scaling(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -434,7 +436,7 @@ def run_scaling(
         )
         log(f"scaling: target actual val loss {target['val_loss']:.4f}; relative error {rel:+.2%}")
     plot_scaling(out_dir / PLOT, sweep, fit, prediction, target)
-    (out_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2) + "\n")
     log(f"scaling: wrote {out_dir / RESULTS} and {out_dir / PLOT}")
     return headline(results)
 

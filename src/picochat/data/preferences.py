@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,12 +239,10 @@ def read_any(path: str | Path) -> list[PreferenceRecord]:
 
 
 def write_preferences(path: str | Path, records: Sequence[PreferenceRecord]) -> Path:
-    """Write records as JSONL atomically (a temporary file in the same folder, then rename)."""
+    """Write records as JSONL atomically (atomic_write_text: a temporary file, fsync, then rename)."""
+    from picochat.checkpoint import atomic_write_text  # lazy: this data module stays torch-free
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(record_to_dict(r), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = "".join(json.dumps(record_to_dict(r), ensure_ascii=False) + "\n" for r in records)
+    return atomic_write_text(path, text)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from picochat.checkpoint import atomic_write_text
 from picochat.data.preferences import PreferenceRecord
 from picochat.model import GPT
 from picochat.tokenizer import Tokenizer
@@ -104,5 +105,5 @@ def write_calibration(path: str | Path, calib: dict[str, Any]) -> Path:
     """Write calibration data as JSON (for the report's reliability plot)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(calib, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(calib, indent=2) + "\n")
     return path

@@ -31,7 +31,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from picochat.checkpoint import load_checkpoint
+from picochat.checkpoint import atomic_write_text, load_checkpoint
 from picochat.config import FinetuneConfig, save_config
 from picochat.data.gpt1_tasks import (
     FORMATS,
@@ -53,7 +53,7 @@ from picochat.data.gpt1_tasks import (
 )
 from picochat.model import GPT, IGNORE_INDEX, with_head
 from picochat.tokenizer import Tokenizer
-from picochat.train.loop import Dist, StepOut, Trainer, seed_everything
+from picochat.train.loop import CKPT_DIR, Dist, StepOut, Trainer, pin_resumed_dtype, seed_everything
 
 START, DELIM, EXTRACT = "<|start|>", "<|delim|>", "<|extract|>"
 
@@ -376,6 +376,8 @@ def finetune(
     out_dir = Path(out_dir)
     if dist.is_main:
         save_config(cfg, out_dir / "config.toml")
+    say = print if dist.is_main else (lambda *a: None)
+    cfg = replace(cfg, run=pin_resumed_dtype(cfg.run, out_dir / CKPT_DIR, resume, say))
     base, tok = load_checkpoint(cfg.ckpt, device=dist.device)
     task = build_task(cfg)
     max_len = min(cfg.max_len, base.config.block_size)
@@ -410,7 +412,7 @@ def finetune(
         "steps": state.step, "aux_lm_weight": cfg.aux_lm_weight, "lr": cfg.optim.lr,
         "train_s": state.elapsed_s, "wall_s": time.perf_counter() - t0,
     }  # fmt: skip
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(
         f"finetune: {task.name} held-out accuracy {summary['accuracy']:.3f} (chance {summary['chance']:.3f}, "
         f"train {summary['train_accuracy']:.3f}); wrote {out_dir / 'ckpt'}, {out_dir / 'summary.json'}"
@@ -450,7 +452,7 @@ def run_finetune_all(
         "table": table,
         "mean_accuracy": sum(r["accuracy"] for r in table) / max(len(table), 1),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -16,6 +16,9 @@ Under torchrun the loss runs inside the wrapper's forward (`self.module(loss_fn,
 train/parallel.py), so a stage's loss may use any part of the GPT (hidden states, heads). Under FSDP
 the trainer's `model` is replaced by a plain, full copy when `run()` returns (every rank calls the
 gather), so the stage can evaluate, generate and save on rank 0 as on one process.
+
+`run.dtype=auto` is resolved by timing a matmul; the result is stored in the checkpoint meta ("dtype")
+and a stage's --resume continues in it (pin_resumed_dtype) rather than measuring again.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +40,9 @@ from torch import nn
 from tqdm import tqdm
 
 from picochat.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    checkpoint_meta,
     flatten_optimizer,
     load_model_weights,
     load_trainer_state,
@@ -165,6 +171,38 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if bf16_is_fast(device.type) else None
 
 
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """The run.dtype spelling of an autocast dtype (None is float32)."""
+    return str(dtype or torch.float32).replace("torch.", "")
+
+
+def pin_resumed_dtype(
+    run: RunConfig, ckpt_dir: Path, resume: bool, warn: Callable[[str], Any] = print
+) -> RunConfig:
+    """`run` with the dtype of the checkpoint a --resume continues.
+
+    run.dtype=auto measures which dtype is fast (bf16_is_fast); a resumed run could measure differently
+    (another machine, a busy CPU) and go on in another precision than the steps it continues. So with
+    auto the dtype recorded in ckpt_dir's meta is used; an explicit run.dtype wins, with a warning when
+    it differs from the record. Without resume, or without a readable record, `run` is returned as is.
+    """
+    if not resume:
+        return run
+    try:
+        stored = checkpoint_meta(ckpt_dir).get("dtype")
+    except CheckpointError:  # no checkpoint yet (or a broken one, which the resume itself reports)
+        return run
+    if stored not in ("float32", "bfloat16", "float16"):
+        return run
+    if run.dtype == "auto":
+        return replace(run, dtype=stored)
+    if run.dtype != stored:
+        warn(
+            f"warning: run.dtype={run.dtype}, but {ckpt_dir} was trained in {stored}; going on in {run.dtype}"
+        )
+    return run
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
@@ -251,10 +289,10 @@ class MetricsLog:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            path.write_text("")
-        elif path.exists():
+            atomic_write_text(path, "")
+        elif path.exists():  # rewritten whole and atomically: a crash here must not lose the old curve
             keep = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -363,7 +401,7 @@ class Trainer:
             items_per_step=f"{self.optim_cfg.batch_size * self.optim_cfg.grad_accum * self.dist.world_size} sequences",
             loss_averaged_over=self.items_name,
             max_steps=self.optim_cfg.max_steps,
-            dtype=str(self.dtype or torch.float32).replace("torch.", ""),
+            dtype=dtype_name(self.dtype),
             device=str(self.device),
         )
 
@@ -384,7 +422,10 @@ class Trainer:
         tensors.update(rng_tensors())
         self.state.data = self.source.state_dict()
         trainer_json = {"state": asdict(self.state), "optimizer": opt_rest}
-        meta = {**self.meta, "step": self.state.step, "tokens_seen": self.state.tokens_seen}
+        meta = {
+            **self.meta, "step": self.state.step, "tokens_seen": self.state.tokens_seen,
+            "dtype": dtype_name(self.dtype),  # what a --resume with run.dtype=auto goes on in
+        }  # fmt: skip
         save_checkpoint(
             self.ckpt_dir, model, self.tok, meta=meta, trainer_tensors=tensors, trainer_json=trainer_json
         )

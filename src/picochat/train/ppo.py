@@ -55,6 +55,7 @@ from tqdm import tqdm
 from picochat.checkpoint import (
     TIED_KEY,
     CheckpointError,
+    atomic_write_text,
     checkpoint_meta,
     flatten_optimizer,
     load_checkpoint,
@@ -79,7 +80,9 @@ from picochat.train.loop import (
     StopRequested,
     autocast,
     build_optimizer,
+    dtype_name,
     optimizer_step,
+    pin_resumed_dtype,
     read_metrics,
     resolve_device,
     resolve_dtype,
@@ -727,6 +730,8 @@ def ppo(
     out_dir = Path(out_dir)
     if dist.is_main:
         save_config(cfg, out_dir / "config.toml")
+    say = print if dist.is_main else (lambda *a: None)
+    cfg = replace(cfg, run=pin_resumed_dtype(cfg.run, out_dir / POLICY_DIR, resume, say))
     seed_everything(cfg.run.seed)
     device = dist.device
     dev_dtype = (device, resolve_dtype(cfg.run.dtype, device))
@@ -745,7 +750,7 @@ def ppo(
     models.policy_fwd = wrap_model(models.policy, dist, cfg.run, dev_dtype[1])
     if models.critic is not None:
         models.critic_fwd = wrap_model(models.critic, dist, cfg.run, dev_dtype[1])
-    plan = replace(plan, dtype=str(dev_dtype[1] or torch.float32).replace("torch.", ""))
+    plan = replace(plan, dtype=dtype_name(dev_dtype[1]))
     if dist.is_main:
         print("plan: " + ", ".join(f"{k}={v}" for k, v in asdict(plan).items()))
     state = (resume_ppo(out_dir, models, opt) if resume else None) or PPOState(beta=cfg.ppo.beta)
@@ -756,14 +761,20 @@ def ppo(
         if cfg.ppo.adaptive_kl else rl_math.FixedKLController(state.beta)
     )  # fmt: skip
     log = MetricsLog(out_dir / METRICS_FILE, dist.is_main, state.step if resume and state.iteration else None)
-    meta = {"stage": "ppo", "policy": cfg.policy, "rm": cfg.rm, "ptx_coef": cfg.ppo.ptx_coef}
+    meta = {
+        "stage": "ppo",
+        "policy": cfg.policy,
+        "rm": cfg.rm,
+        "ptx_coef": cfg.ppo.ptx_coef,
+        "dtype": plan.dtype,
+    }
     val_start = heldout_lm_loss(models.ref, val_windows, dev_dtype) if val_windows else None
     summary = run_iterations(models, opt, pool, cfg, state, kl_ctl, dev_dtype, ptx_source, log, out_dir, meta)
     if val_windows:
         summary["ptx/heldout_lm_loss_sft"] = val_start
         summary["ptx/heldout_lm_loss_rl"] = heldout_lm_loss(models.policy, val_windows, dev_dtype)
     if dist.is_main:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         print(f"ppo: wrote {out_dir / POLICY_DIR}, {out_dir / METRICS_FILE}, {out_dir / 'summary.json'}")
     return models.policy, summary
 
@@ -847,7 +858,7 @@ def run_ppo(
             max_new_tokens=cfg.ppo.max_new_tokens,
         )  # fmt: skip
         result["temperature"] = temperature
-        (Path(out_dir) / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(Path(out_dir) / f"{name}.json", json.dumps(result, indent=2) + "\n")
         out.update({f"{name}/{k}": result[k] for k in keys})
     return out
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from picochat.checkpoint import atomic_write_text
 from picochat.config import CorpusConfig, PretrainConfig, save_config
 from picochat.data.corpus import corpus_hash, default_corpus, read_text_path, split_documents
 from picochat.data.shards import RandomWindows, eval_windows, read_shard, write_shard
 from picochat.engine import Engine
 from picochat.model import GPT, IGNORE_INDEX
 from picochat.tokenizer import Tokenizer
-from picochat.train.loop import Dist, StepOut, Trainer, seed_everything
+from picochat.train.loop import CKPT_DIR, Dist, StepOut, Trainer, pin_resumed_dtype, seed_everything
 
 DATA_META = "data.json"
 
@@ -97,7 +98,7 @@ def prepare_data(cfg: CorpusConfig, data_dir: Path, log: Any = print) -> Prepare
         "train_bytes": sum(len(d.encode()) for d in train_docs),
         "val_bytes": sum(len(d.encode()) for d in val_docs),
     }
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     log(
         f"data: wrote {data_dir} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
         f"{meta['train_bytes'] / max(meta['train_tokens'], 1):.2f} bytes/token)"
@@ -159,7 +160,7 @@ def write_samples(model: GPT, tok: Tokenizer, prompt: str, out_dir: Path, seed: 
     engine = Engine(model, tok)
     texts = engine.generate([prompt] * n, max_new_tokens=160, temperature=0.8, top_k=50, seed=seed)
     samples = [prompt + t for t in texts]
-    (out_dir / "samples.txt").write_text("\n\n---\n\n".join(samples) + "\n")
+    atomic_write_text(out_dir / "samples.txt", "\n\n---\n\n".join(samples) + "\n")
     return samples
 
 
@@ -176,6 +177,7 @@ def pretrain(
     log = print if dist.is_main else (lambda *a, **k: None)
     if dist.is_main:
         save_config(cfg, out_dir / "config.toml")
+    cfg = replace(cfg, run=pin_resumed_dtype(cfg.run, out_dir / CKPT_DIR, resume, log))
     data = prepare_data(cfg.data, data_dir or out_dir / "data", log) if dist.is_main else None
     if dist.enabled:
         import torch.distributed as torch_dist
@@ -207,7 +209,7 @@ def pretrain(
         summary.update(final)
         summary["tok/s"] = state.tokens_seen / max(state.elapsed_s, 1e-9)
         samples = write_samples(model, data.tok, cfg.sample_prompt, out_dir, cfg.run.seed)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         log(f"pretrain: val loss {final['val/loss']:.4f} nats/token, {final['val/bpb']:.4f} bits/byte")
         log("sample:\n" + samples[0])
         log(f"pretrain: wrote {out_dir / 'ckpt'}, {out_dir / 'metrics.jsonl'}, {out_dir / 'samples.txt'}")

@@ -23,7 +23,9 @@ the batch loss is the sum over pairs divided by the global number of pairs (the 
 with ties or mixed K a prompt weighs by its number of pairs rather than exactly 1/C(K,2) each.
 After training the reward is NORMALISED: a bias is added to the head so that the SFT policy's own
 samples (the collected answers: reference outputs) score mean 0, as InstructGPT does before RL; their
-score std is reported and stored with the bias in the checkpoint meta.
+score std is reported and stored with the bias in the checkpoint meta, together with the step it was
+applied at: a --resume that finds those weights already normalised (killed after the final re-save,
+before summary.json) reuses the recorded bias and std instead of shifting the head a second time.
 Under torchrun (DDP or FSDP) the loss runs inside the wrapper's forward (train/parallel.py); each step's
 batch_size × world_size prompts are dealt out by rank. Rank 0 collects the preferences (the others read
 its files), evaluates, normalises and writes the outputs.
@@ -35,7 +37,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,16 +45,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from picochat.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
+from picochat.checkpoint import (
+    atomic_write_text,
+    checkpoint_meta,
+    load_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+)
 from picochat.config import RewardConfig, save_config
 from picochat.data.preferences import PreferenceRecord, prompt_messages, read_any, write_preferences
 from picochat.data.tasks import make_tasks
 from picochat.model import GPT, with_head
 from picochat.tokenizer import Tokenizer
 from picochat.train.collect import collect_records
-from picochat.train.loop import Dist, StepOut, Trainer, resolve_dtype, seed_everything
+from picochat.train.loop import (
+    CKPT_DIR,
+    Dist,
+    StepOut,
+    Trainer,
+    dtype_name,
+    pin_resumed_dtype,
+    resolve_dtype,
+    seed_everything,
+)
 
 END = "<|end|>"
+NORMALISED_AT = "normalised_at_step"  # checkpoint meta: the training step whose weights carry the bias
 
 
 class RankLoss(NamedTuple):
@@ -284,6 +302,19 @@ def normalize_reward(model: GPT, reference_scores: Sequence[float]) -> tuple[flo
     return -mean, std
 
 
+def recorded_normalisation(ckpt_dir: Path, step: int) -> tuple[float, float] | None:
+    """(bias, std) recorded in ckpt_dir's meta if its weights are step `step`'s, already normalised.
+
+    The stage normalises after training and re-saves; a run killed after that re-save but before
+    summary.json resumes with nothing left to train. Normalising again would shift by the (now ~0) mean
+    and record a bias of ~0, so the recorded values are reused. A checkpoint the training loop saved
+    later (a resume with more steps) has no such record and is normalised afresh."""
+    meta = checkpoint_meta(ckpt_dir)
+    if meta.get(NORMALISED_AT) != step or "bias" not in meta or "std" not in meta:
+        return None
+    return float(meta["bias"]), float(meta["std"])
+
+
 # -- the stage ---------------------------------------------------------------------------------------
 
 
@@ -373,6 +404,8 @@ def train_reward(
     t0 = time.perf_counter()
     if dist.is_main:
         save_config(cfg, out_dir / "config.toml")
+    say = log if dist.is_main else (lambda *a: None)
+    cfg = replace(cfg, run=pin_resumed_dtype(cfg.run, out_dir / CKPT_DIR, resume, say))
     seed_everything(cfg.run.seed)
     sft, tok = load_checkpoint(cfg.sft, device=dist.device)
     if dist.is_main:  # rank 0 collects and writes prefs/*.jsonl, then the other ranks read them
@@ -406,14 +439,20 @@ def train_reward(
         return {"steps": state.step, "train_s": state.elapsed_s}
     model = trainer.model.eval()  # under FSDP: the gathered full model
 
-    ref = reference_records(train)
-    ref_scores = [s for row in score_records(model, tok, ref, cfg.score_batch) for s in row]
-    bias, std = normalize_reward(model, ref_scores)
-    meta = {"stage": "reward", "kind": "reward", "bias": bias, "std": std, "step": state.step,
-            "tokens_seen": state.tokens_seen, "sft": str(cfg.sft)}  # fmt: skip
-    loaded = load_trainer_state(trainer.ckpt_dir)
-    tensors, rest = loaded if loaded is not None else (None, None)
-    save_checkpoint(trainer.ckpt_dir, model, tok, meta=meta, trainer_tensors=tensors, trainer_json=rest)
+    recorded = recorded_normalisation(trainer.ckpt_dir, state.step) if resume else None
+    if recorded is not None:
+        bias, std = recorded
+        log(f"rm: {trainer.ckpt_dir} is normalised already (bias {bias:+.4f}); reusing it")
+    else:
+        ref = reference_records(train)
+        ref_scores = [s for row in score_records(model, tok, ref, cfg.score_batch) for s in row]
+        bias, std = normalize_reward(model, ref_scores)
+        meta = {"stage": "reward", "kind": "reward", "bias": bias, "std": std, "step": state.step,
+                NORMALISED_AT: state.step, "tokens_seen": state.tokens_seen, "sft": str(cfg.sft),
+                "dtype": dtype_name(trainer.dtype)}  # fmt: skip
+        loaded = load_trainer_state(trainer.ckpt_dir)
+        tensors, rest = loaded if loaded is not None else (None, None)
+        save_checkpoint(trainer.ckpt_dir, model, tok, meta=meta, trainer_tensors=tensors, trainer_json=rest)
 
     head = evaluate_rankings(model, tok, heldout, cfg.calibration_bins, cfg.score_batch)
     moved = evaluate_rankings(model, tok, shift, cfg.calibration_bins, cfg.score_batch)
@@ -433,7 +472,7 @@ def train_reward(
         "steps": state.step, "train_s": state.elapsed_s, "data_s": t_data,
         "wall_s": time.perf_counter() - t0, "ckpt": str(trainer.ckpt_dir),
     }  # fmt: skip
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log(
         f"rm: held-out pairwise accuracy {head['accuracy']:.3f} on {head['n_pairs']} pairs "
         f"(shift {moved['accuracy']:.3f}, train {train_eval['accuracy']:.3f}); reference std {std:.3f}; "

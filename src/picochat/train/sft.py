@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +41,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from picochat.checkpoint import load_checkpoint
+from picochat.checkpoint import atomic_write_text, load_checkpoint
 from picochat.config import SFTConfig, save_config
 from picochat.data.sft_mix import Labeled, build_sft_mix, mix_counts
 from picochat.data.tasks import Task, make_tasks, score
 from picochat.engine import Engine, SamplingParams
 from picochat.model import GPT, IGNORE_INDEX
 from picochat.tokenizer import Tokenizer
-from picochat.train.loop import Dist, StepOut, Trainer, resolve_dtype, seed_everything
+from picochat.train.loop import (
+    CKPT_DIR,
+    Dist,
+    StepOut,
+    Trainer,
+    pin_resumed_dtype,
+    resolve_dtype,
+    seed_everything,
+)
 from picochat.train.pretrain import lm_loss, open_data
 
 LOOKAHEAD = 64  # conversations the packer may choose from when filling a row
@@ -389,7 +397,7 @@ def base_eval(
         if cached.get("ckpt") == cfg.ckpt and cached.get("n_tasks") == len(tasks):
             return cached
     result = {"ckpt": cfg.ckpt, **task_eval(model, tok, tasks, cfg.eval_max_new_tokens, dtype)}
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -403,6 +411,7 @@ def sft(cfg: SFTConfig, out_dir: Path, dist: Dist | None = None, resume: bool = 
         raise ValueError("sft needs a base checkpoint: --ckpt runs/NAME/pretrain/ckpt (or ckpt=PATH)")
     if dist.is_main:
         save_config(cfg, out_dir / "config.toml")
+    cfg = replace(cfg, run=pin_resumed_dtype(cfg.run, out_dir / CKPT_DIR, resume, log))
     seed_everything(cfg.run.seed)
     model, tok = load_checkpoint(cfg.ckpt, device=dist.device)
     block = model.config.block_size
@@ -456,7 +465,7 @@ def sft(cfg: SFTConfig, out_dir: Path, dist: Dist | None = None, resume: bool = 
         "before": {k: v for k, v in before.items() if k != "ckpt"} if before else {},
         "after": after, "chat_samples": chat_samples(model, tok, cfg.eval_max_new_tokens),
     })  # fmt: skip
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log(f"sft: held-out assistant loss {summary['val/loss']:.4f} nats/token")
     log(f"sft: tasks before: {headline(summary['before'])}")
     log(f"sft: tasks after:  {headline(after)}")
