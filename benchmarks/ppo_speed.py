@@ -26,12 +26,15 @@ the logits that `generate` returned, picochat recomputes them with a batched for
 sampling never has to agree bit for bit with the training forward); TRL's forwards compute LM logits
 at every position, picochat's only at the answer positions; picochat's critic has its own AdamW
 (lr 1e-4) where TRL puts policy and critic in one optimizer with loss pg + 0.1·vf; a response without
-<|end|> scores -1 in picochat and score - 1 in TRL.
+<|end|> scores -1 in picochat and score - 1 in TRL; picochat packs each forward's episodes into unpadded
+rows (`ppo.pack`, see train/ppo.py) where TRL pads every row to the longest prompt (`--pack off` or
+`--pack both` times picochat's padded layout too).
 
 Final line: `ratio: X.XX` = TRL wall seconds per iteration ÷ picochat's (target ≥ 2); the line before
-gives the same ratio by CPU time. Before them, the rollout line: picochat's rollout phase (`ppo.rollout`:
-sampling plus packing the batch) in answer tokens/s against `Engine.generate_ids` on the same prompts,
-batch and length (target ≥ 80%).
+gives the same ratio by CPU time. Each picochat line also gives the CPU seconds per iteration of its
+phases (rollout, score, update; advantages are the small rest). Before them, the rollout line:
+picochat's rollout phase (`ppo.rollout`: sampling plus packing the batch) in answer tokens/s against
+`Engine.generate_ids` on the same prompts, batch and length (target ≥ 80%).
 
 TRL removed its PPOTrainer in 1.13 (huggingface/trl#7020); install 1.12 (`pip install -e ".[bench]"`).
 
@@ -51,7 +54,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,13 +138,13 @@ def build_shared(setup: Setup, work: Path, dtype: torch.dtype | None) -> Shared:
 # -- picochat ----------------------------------------------------------------------------------------------
 
 
-def picochat_config(sh: Shared, iterations: int) -> PPOConfig:
+def picochat_config(sh: Shared, iterations: int, pack: bool = True) -> PPOConfig:
     s = sh.setup
     hp = PPOHParams(
         iterations=iterations, rollout_batch=s.rollout_batch, epochs=s.epochs, minibatch=s.minibatch,
         max_new_tokens=s.response_len, temperature=s.temperature, beta=s.beta, adaptive_kl=False,
         kl_estimator="k1", gamma=1.0, lam=0.95, clip_eps=0.2, vf_clip=0.2, whiten_advantages=True,
-        n_prompts=s.n_prompts, samples_to_print=0,
+        n_prompts=s.n_prompts, samples_to_print=0, pack=pack,
     )  # fmt: skip
     optim = OptimConfig(lr=s.lr, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, max_steps=1)
     dtype = "bfloat16" if sh.dtype is not None else "float32"
@@ -153,6 +156,10 @@ def picochat_config(sh: Shared, iterations: int) -> PPOConfig:
 class PerIteration:
     wall: float  # seconds per iteration
     cpu: float  # process CPU seconds per iteration (all threads); less disturbed by other processes
+    phases: dict[str, float] = field(default_factory=dict)  # CPU seconds per iteration of each phase
+
+
+PHASES = {"rollout": "rollout", "score": "score_rollout", "update": "ppo_update"}  # name -> ppo.py function
 
 
 def now() -> tuple[float, float]:
@@ -164,31 +171,40 @@ def per_iteration(start: tuple[float, float], end: tuple[float, float], n: int) 
     return PerIteration(wall=(end[0] - start[0]) / n, cpu=(end[1] - start[1]) / n)
 
 
-def run_picochat(sh: Shared, iterations: int) -> PerIteration:
+def run_picochat(sh: Shared, iterations: int, pack: bool = True) -> PerIteration:
     """Time per iteration of picochat's `ppo`: the calls of `ppo_iteration` (rollout, score, advantages,
-    update) that its loop makes; set-up and checkpoint writing are left out as TRL's constructor is."""
+    update) that its loop makes; set-up and checkpoint writing are left out as TRL's constructor is.
+    The CPU time of each phase is taken around its function (PHASES) the same way."""
     out = Path(tempfile.mkdtemp(dir=sh.work, prefix="picochat-"))
-    inner = ppo_stage.ppo_iteration
-    spent = [0.0, 0.0]
+    inner = {name: getattr(ppo_stage, name) for name in ("ppo_iteration", *PHASES.values())}
+    spent = {name: [0.0, 0.0] for name in inner}
 
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = now()
-        result = inner(*args, **kwargs)
-        end = now()
-        spent[0], spent[1] = spent[0] + end[0] - start[0], spent[1] + end[1] - start[1]
-        return result
+    def timed(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = now()
+            result = inner[name](*args, **kwargs)
+            end = now()
+            spent[name][0] += end[0] - start[0]
+            spent[name][1] += end[1] - start[1]
+            return result
 
-    ppo_stage.ppo_iteration = timed  # the stage's loop looks it up in the module at every iteration
+        return call
+
+    for name in inner:  # the stage looks these up in the module at every call
+        setattr(ppo_stage, name, timed(name))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             _, summary = ppo_stage.ppo(
-                picochat_config(sh, iterations), out, policy=sh.policy, tok=sh.tok, prompts=sh.prompts
+                picochat_config(sh, iterations, pack), out, policy=sh.policy, tok=sh.tok, prompts=sh.prompts
             )
     finally:
-        ppo_stage.ppo_iteration = inner
+        for name, fn in inner.items():
+            setattr(ppo_stage, name, fn)
     if summary["iterations"] != iterations:
         raise RuntimeError(f"picochat ran {summary['iterations']} iterations, expected {iterations}")
-    return PerIteration(wall=spent[0] / iterations, cpu=spent[1] / iterations)
+    wall, cpu = spent["ppo_iteration"]
+    phases = {phase: spent[name][1] / iterations for phase, name in PHASES.items()}
+    return PerIteration(wall=wall / iterations, cpu=cpu / iterations, phases=phases)
 
 
 # -- TRL ---------------------------------------------------------------------------------------------------
@@ -285,7 +301,11 @@ def rollout_runs(sh: Shared) -> dict[str, Any]:
 
 
 def shown(name: str, t: PerIteration) -> PerIteration:
-    print(f"  {name:<9} {t.wall:.3f} s/iteration (CPU {t.cpu:.3f} s)", flush=True)
+    phases = ", ".join(f"{k} {v:.2f}" for k, v in t.phases.items())
+    print(
+        f"  {name:<15} {t.wall:.3f} s/iteration (CPU {t.cpu:.3f} s{'; ' + phases if phases else ''})",
+        flush=True,
+    )
     return t
 
 
@@ -307,6 +327,10 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=2, help="PPO iterations per run")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--quick", action="store_true", help="micro model, small batches: checks the set-up")
+    ap.add_argument(
+        "--pack", choices=("on", "off", "both"), default="on",
+        help="picochat's ppo.pack: packed rows (on), padded rows (off), or both interleaved as two runs",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -330,20 +354,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ppo_speed-") as tmp:
         sh = build_shared(setup, Path(tmp), choice.dtype)
         print(describe(setup, sh))
+        variants = {"on": {"picochat": True}, "off": {"picochat": False}}.get(
+            args.pack, {"picochat": True, "picochat-padded": False}
+        )  # name -> ppo.pack
         runs = {
-            "picochat": lambda: shown("picochat", run_picochat(sh, args.iterations)),
-            "trl": lambda: shown("trl", run_trl(sh, args.iterations)),
+            name: (lambda name=name, pack=pack: shown(name, run_picochat(sh, args.iterations, pack)))
+            for name, pack in variants.items()
         }
+        runs["trl"] = lambda: shown("trl", run_trl(sh, args.iterations))
         run_picochat(sh, 1), run_trl(sh, 1)  # warm-up: thread pool, allocator, kernel selection
         times = interleaved(runs, args.rounds)
         rollout = interleaved(rollout_runs(sh), args.rounds + 2)
     s_it = {k: median([t.wall for t in v]) for k, v in times.items()}
     cpu_it = {k: median([t.cpu for t in v]) for k, v in times.items()}
     for k, v in times.items():
+        phases = {p: median([t.phases[p] for t in v]) for p in v[0].phases}
         print(
-            f"{k:<9} {s_it[k]:.3f} s/iteration (runs {spread([t.wall for t in v])} s); "
+            f"{k:<15} {s_it[k]:.3f} s/iteration (runs {spread([t.wall for t in v])} s); "
             f"CPU {cpu_it[k]:.3f} s/iteration (runs {spread([t.cpu for t in v])} s)"
+            + "".join(f"; {p} {c:.2f}" for p, c in phases.items())
         )
+    if "picochat-padded" in cpu_it:
+        padded = cpu_it["trl"] / cpu_it["picochat-padded"]
+        print(f"CPU-time ratio against picochat with ppo.pack=false: {padded:.2f}")
     print(f"CPU-time ratio (less disturbed by other processes): {cpu_it['trl'] / cpu_it['picochat']:.2f}")
     tok_s = {k: 1 / median([t.wall for t in v]) for k, v in rollout.items()}
     cpu_tok_s = {k: 1 / median([t.cpu for t in v]) for k, v in rollout.items()}

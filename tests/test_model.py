@@ -6,7 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from picochat.model import GPT, IGNORE_INDEX, GPTConfig, KVCache, count_params, flops_per_token, with_head
+from picochat.model import (
+    GPT,
+    IGNORE_INDEX,
+    GPTConfig,
+    KVCache,
+    count_params,
+    flops_per_token,
+    segment_positions,
+    with_head,
+)
 
 
 @pytest.mark.parametrize(
@@ -98,6 +107,51 @@ def test_left_padding_does_not_change_real_token_outputs(micro_model: GPT) -> No
     mask = torch.cat([torch.zeros(1, 5, dtype=torch.bool), torch.ones(1, 12, dtype=torch.bool)], 1)
     out, _ = micro_model(padded, pad_mask=mask)
     assert torch.allclose(out[:, 5:], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["dense", "alternating"])
+@pytest.mark.parametrize("ln", ["pre", "post"])
+def test_packed_rows_equal_each_sequence_alone(attention: str, ln: str) -> None:
+    """Row 0 holds 3 sequences (lengths 5, 9, 7) then 3 pad slots, row 1 one sequence then padding: every
+    sequence's hidden states equal its own forward (block-diagonal causal mask, positions from 0)."""
+    torch.manual_seed(2)
+    cfg = GPTConfig(
+        n_layer=4, n_head=2, n_embd=32, block_size=32, vocab_size=50, attention=attention, window=4,
+        ln_placement=ln,
+    )  # fmt: skip
+    model = GPT(cfg).eval()
+    seqs = [torch.randint(0, 50, (n,)) for n in (5, 9, 7, 11)]
+    idx = torch.zeros(2, 24, dtype=torch.long)
+    segments = torch.zeros(2, 24, dtype=torch.long)
+    places = [(0, 0), (0, 5), (0, 14), (1, 0)]  # (row, offset) of each sequence
+    for k, (seq, (row, at)) in enumerate(zip(seqs, places, strict=True)):
+        idx[row, at : at + len(seq)] = seq
+        segments[row, at : at + len(seq)] = k + 1 if row == 0 else 1
+    with torch.no_grad():
+        packed = model.hidden(idx, segments=segments)
+        assert torch.isfinite(packed).all()  # the pad slots too
+        for seq, (row, at) in zip(seqs, places, strict=True):
+            alone = model.hidden(seq[None])[0]
+            torch.testing.assert_close(packed[row, at : at + len(seq)], alone, atol=1e-5, rtol=0)
+        logits, _ = model(idx, segments=segments)
+        torch.testing.assert_close(logits[0, 5:14], model(seqs[1][None])[0][0], atol=1e-5, rtol=0)
+
+
+def test_segment_positions_restart_at_every_segment() -> None:
+    segments = torch.tensor([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+    assert segment_positions(segments).tolist() == [[0, 1, 2, 0, 1, 0, 0, 1], list(range(8))]
+
+
+def test_segments_refuse_a_cache_or_a_pad_mask(micro_model: GPT) -> None:
+    x = torch.randint(0, 100, (1, 6))
+    seg = torch.ones(1, 6, dtype=torch.long)
+    cache = KVCache.empty(micro_model.config, 1, 8, x.device, torch.float32)
+    with pytest.raises(ValueError, match="KV cache"):
+        micro_model.hidden(x, segments=seg, cache=cache)
+    with pytest.raises(ValueError, match="pad_mask"):
+        micro_model.hidden(x, segments=seg, pad_mask=seg.bool())
+    with pytest.raises(ValueError, match="shape"):
+        micro_model.hidden(x, segments=seg[:, :5])
 
 
 def test_sequence_longer_than_block_size_raises(micro_model: GPT) -> None:

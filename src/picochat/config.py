@@ -268,6 +268,8 @@ class PPOHParams:
     """episodes per optimizer step"""
     micro_batch: int = 0
     """episodes per forward/backward inside a minibatch (gradient accumulation; 0 = the whole minibatch)"""
+    pack: bool = True
+    """pack episodes into unpadded rows (block-diagonal mask): FLOPs on real tokens; false = padded rows"""
     max_new_tokens: int = 24
     """longest response; responses that hit it without <|end|> get the no-EOS penalty"""
     temperature: float = 1.0

@@ -16,6 +16,14 @@ The KV cache is a small explicit object created per generation call and passed i
 holds parameters only. An optional linear head on the final hidden states (`n_head_outputs > 0`) serves
 as the GPT-1 classifier, the reward model's scalar head and the PPO value head, so every stage shares one
 class and one checkpoint format.
+
+Packed rows: `hidden(idx, segments=...)` runs several documents laid end to end in one row with no padding
+between them. `segments` (B, T) numbers the documents of each row (1, 2, ...; 0 = padding at the row's
+end); attention is then block-diagonal causal (a token sees the earlier tokens of its own document only)
+and position ids restart at 0 at each document, so every document gets the hidden states it would get
+alone. PPO's update uses it to spend its matmul FLOPs on real tokens only, where a left-padded batch (what
+TRL's trainer runs) pays for every pad column; the attention scores stay T×T per row, cheap next to the
+linear layers at these lengths.
 """
 
 from __future__ import annotations
@@ -229,12 +237,16 @@ def attention_masks(
     device: torch.device,
     pad_mask: torch.Tensor | None = None,
     cache: KVCache | None = None,
+    segments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Boolean SDPA masks (True = may attend) for dense and banded layers; None means plain causal.
 
     Queries are the T new tokens; keys are the cached slots plus the new tokens. With no cache and no
-    padding the dense mask is None so SDPA can use its fused causal kernel.
+    padding the dense mask is None so SDPA can use its fused causal kernel. With `segments` (B, T) (packed
+    documents, see `GPT.hidden`) both masks are block-diagonal causal, (B, 1, T, T).
     """
+    if segments is not None:
+        return segment_masks(config, segments)
     start = cache.length if cache is not None else 0
     need_band = config.attention == "alternating"
     if cache is None and pad_mask is None and not need_band:
@@ -255,6 +267,31 @@ def attention_masks(
     if band is not None:
         band = band | (diag & ~band.any(-1, keepdim=True))
     return dense, band
+
+
+def segment_masks(config: GPTConfig, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Block-diagonal causal masks (B, 1, T, T) for packed rows: a query sees the keys at or before it
+    that belong to its own segment (id > 0). A padding query (id 0) sees only itself, which keeps its
+    softmax finite; its output is never used. Banded layers also drop keys `window` or more slots back
+    (within one segment the slot distance is the position distance, so the band is the same as alone)."""
+    T = segments.shape[1]
+    q_idx = torch.arange(T, device=segments.device)[:, None]  # (T, 1)
+    k_idx = torch.arange(T, device=segments.device)[None, :]  # (1, T)
+    same = (segments[:, :, None] == segments[:, None, :]) & (segments > 0)[:, None, :]  # (B, T, T)
+    dense = (same & (k_idx <= q_idx)) | (k_idx == q_idx)  # (B, T, T)
+    band = dense & (k_idx > q_idx - config.window) if config.attention == "alternating" else None
+    return dense[:, None], band[:, None] if band is not None else None
+
+
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """Position ids (B, T) that restart at 0 wherever the segment id changes (each segment is one
+    contiguous run of its row): the slot index minus the slot where the current run began."""
+    T = segments.shape[1]
+    slot = torch.arange(T, device=segments.device).expand_as(segments)  # (B, T)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(starts, slot, 0).cummax(1).values  # (B, T) slot where the current run began
+    return slot - first
 
 
 class GPT(nn.Module):
@@ -302,9 +339,18 @@ class GPT(nn.Module):
         return n
 
     def positions(
-        self, B: int, T: int, device: torch.device, pad_mask: torch.Tensor | None, cache: KVCache | None
+        self,
+        B: int,
+        T: int,
+        device: torch.device,
+        pad_mask: torch.Tensor | None,
+        cache: KVCache | None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Position ids (B, T): counted over real tokens only, so left padding does not shift them."""
+        """Position ids (B, T): counted over real tokens only, so left padding does not shift them; with
+        packed `segments`, restarting at 0 at every segment."""
+        if segments is not None:
+            return segment_positions(segments)
         if cache is not None:
             step = (
                 pad_mask.long().cumsum(1) if pad_mask is not None else torch.arange(1, T + 1, device=device)
@@ -320,20 +366,34 @@ class GPT(nn.Module):
         *,
         pad_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final hidden states (B, T, C). pad_mask (B, T): True on real tokens (padding on the left)."""
+        """Final hidden states (B, T, C). pad_mask (B, T): True on real tokens (padding on the left).
+
+        segments (B, T) int: packed rows instead, several documents per row, each one contiguous run of
+        ids 1, 2, ... (0 = padding, usually at the row's end). Attention stays within a document and
+        positions restart at each document, so each document's states equal running it alone. Not
+        combinable with pad_mask or a KV cache."""
         B, T = idx.shape
+        if segments is not None and (cache is not None or pad_mask is not None):
+            raise ValueError(
+                "segments (packed rows) cannot be combined with "
+                f"{'a KV cache' if cache is not None else 'pad_mask'}: pass segments alone "
+                "(padding is segment id 0)"
+            )
+        if segments is not None and segments.shape != idx.shape:
+            raise ValueError(f"segments has shape {tuple(segments.shape)}, expected idx's shape {(B, T)}")
         end = T + (cache.length if cache is not None else 0)
         limit = min(cache.max_len, self.config.block_size) if cache is not None else self.config.block_size
         if end > limit:
             raise ValueError(f"sequence of {end} tokens exceeds the limit of {limit} (block_size/cache)")
         # positions never exceed the slot index (< end <= block_size), so no device sync is needed to check them
-        pos = self.positions(B, T, idx.device, pad_mask, cache)
+        pos = self.positions(B, T, idx.device, pad_mask, cache, segments)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         if cache is not None:
             real = pad_mask if pad_mask is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
             cache.key_mask[:, cache.length : cache.length + T] = real
-        dense_mask, band_mask = attention_masks(self.config, T, idx.device, pad_mask, cache)
+        dense_mask, band_mask = attention_masks(self.config, T, idx.device, pad_mask, cache, segments)
         for layer, block in enumerate(self.h):
             mask = band_mask if self.config.is_sparse_layer(layer) else dense_mask
             x = block(x, mask, cache, layer)
@@ -349,10 +409,12 @@ class GPT(nn.Module):
         *,
         pad_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segments: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next-token logits (B, T, V) and, given targets (B, T), the mean cross-entropy over targets
-        that are not IGNORE_INDEX."""
-        logits = self.lm_head(self.hidden(idx, pad_mask=pad_mask, cache=cache))  # (B, T, V)
+        that are not IGNORE_INDEX. pad_mask, cache and segments as in `hidden`."""
+        hidden = self.hidden(idx, pad_mask=pad_mask, cache=cache, segments=segments)
+        logits = self.lm_head(hidden)  # (B, T, V)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(

@@ -16,9 +16,16 @@ Each iteration runs four phases, one function each:
 Then β follows the adaptive KL controller (or stays fixed) and one metrics record is appended.
 
 Deviations and choices:
-- Every forward over rollout episodes (scoring and the update's micro-batches) drops the left-padding
-  columns that none of its episodes uses (`trimmed_rows`), and micro-batches group episodes of similar
-  prompt length: padding is masked anyway, so this changes no number, only the work.
+- Packing (`ppo.pack`, on by default): every forward over rollout episodes (scoring, and each
+  micro-batch of the update) lays the episodes' real tokens (prompt + answer) end to end in as few,
+  evenly filled rows of at most block_size tokens as a longest-first greedy finds (`packed_rows`), with
+  a block-diagonal causal mask and positions restarting at each episode (`GPT.hidden(segments=...)`).
+  Why: the matmuls, most of the update's time, then run on real tokens only, where a left-padded batch
+  (what TRL's trainer runs) pays for every pad column of the longest prompt. The (b, R) answer states
+  that `rl_math.ppo_losses` takes are gathered back from slot offset + prompt_len - 1 + t, so losses,
+  gradients and stats equal the padded layout's up to float rounding. ppo.pack=false: each episode is
+  its own left-padded row, minus the padding columns none of the micro-batch uses (`trimmed_rows`).
+  Either way micro-batches group episodes of similar prompt length (`by_prompt_length`).
 - The critic is a separate GPT initialised from the reward model (InstructGPT §3.5); with a python reward
   function instead of an RM (toys and tests) it starts from the policy's trunk with a fresh head.
   `value.share_trunk=true` puts the value head on the policy (one optimizer, loss pg + vf_coef·vf).
@@ -291,44 +298,150 @@ def by_prompt_length(ro: Rollout, rows: torch.Tensor, chunk: int) -> list[torch.
     return list(rows[lengths.argsort(stable=True)].split(chunk))
 
 
+@dataclass(frozen=True, slots=True)
+class Padded:
+    """Episodes one per row: left-padded prompts then right-padded answers (`trimmed_rows`)."""
+
+    ids: torch.Tensor  # (b, P + R)
+    pad_mask: torch.Tensor  # (b, P + R) bool, True on real tokens
+    P: int
+    last: torch.Tensor  # (b,) column of each episode's last real token
+
+    def hidden(self, model: GPT) -> torch.Tensor:
+        return model.hidden(self.ids, pad_mask=self.pad_mask)  # (b, P + R, C)
+
+    def answer_states(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(b, R, C): the states at P-1 .. P+R-2, each predicting the next answer token."""
+        return hidden[:, self.P - 1 : -1]
+
+    def last_states(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden[torch.arange(len(self.last), device=hidden.device), self.last]  # (b, C)
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """Episodes (real prompt + answer tokens only) laid end to end in a few rows (`packed_rows`); the
+    model attends within each episode only (`segments`), so every episode's states are its own."""
+
+    ids: torch.Tensor  # (rows, L)
+    segments: torch.Tensor  # (rows, L) long: k = k-th episode of the row, 0 = padding at the row's end
+    row: torch.Tensor  # (b, 1) row holding each episode
+    col: torch.Tensor  # (b, R) slot of the state predicting each answer token (clamped past the answer)
+    last: torch.Tensor  # (b,) slot of each episode's last real token
+
+    def hidden(self, model: GPT) -> torch.Tensor:
+        return model.hidden(self.ids, segments=self.segments)  # (rows, L, C)
+
+    def answer_states(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden[self.row, self.col]  # (b, R, C)
+
+    def last_states(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden[self.row[:, 0], self.last]  # (b, C)
+
+
+Episodes = Padded | Packed
+
+
+def balanced_rows(lengths: Sequence[int], capacity: int) -> list[tuple[int, int, int]]:
+    """(row, offset, k) of each item, packing `lengths` into as few rows of at most `capacity` as this
+    finds, with fills as even as possible (the rows' width is the fullest one): longest item first, each
+    into the emptiest row (LPT scheduling), and one more row whenever an item does not fit. k = 1 + the
+    items placed in that row before it. With one row per item every item fits (even one longer than
+    `capacity`: the model then refuses it, as it would the padded row)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n_rows = max(1, -(-sum(lengths) // capacity))
+    while True:
+        fills, counts = [0] * n_rows, [0] * n_rows
+        places = [(0, 0, 0)] * len(lengths)
+        for i in order:
+            row = min(range(n_rows), key=fills.__getitem__)
+            if fills[row] + lengths[i] > capacity and n_rows < len(lengths):
+                break
+            counts[row] += 1
+            places[i] = (row, fills[row], counts[row])
+            fills[row] += lengths[i]
+        else:
+            return places
+        n_rows += 1
+
+
+def packed_rows(ro: Rollout, rows: torch.Tensor, capacity: int) -> Packed:
+    """The episodes `rows` packed into rows of at most `capacity` tokens with no padding between them.
+
+    Episode b (prompt p_b tokens, answer a_b tokens) starts at slot o_b of its row; the state predicting
+    answer token t sits at o_b + p_b - 1 + t, which is where `ppo_losses`'s (b, R) layout gathers from."""
+    device = ro.ids.device
+    real = ro.pad_mask[rows]  # (b, P + R)
+    n_prompt, n_answer = real[:, : ro.P].sum(1), real[:, ro.P :].sum(1)  # (b,), (b,)
+    length = n_prompt + n_answer
+    row, offset, seg = torch.tensor(balanced_rows(length.tolist(), capacity), device=device).T  # (b,) each
+    n_rows, width = int(row.max()) + 1, int((offset + length).max())
+    tokens = ro.ids[rows][real]  # (N,) every real token, episode after episode
+    first = (length.cumsum(0) - length).repeat_interleave(length)  # (N,) index of its episode's first token
+    dest = (row * width + offset).repeat_interleave(length) + torch.arange(len(tokens), device=device) - first
+    ids = torch.zeros(n_rows * width, dtype=ro.ids.dtype, device=device)
+    segments = torch.zeros(n_rows * width, dtype=torch.long, device=device)
+    ids[dest] = tokens
+    segments[dest] = seg.repeat_interleave(length)
+    t = torch.arange(real.shape[1] - ro.P, device=device)[None, :]  # (1, R) answer token index
+    t = torch.minimum(t, (n_answer - 1).clamp(min=0)[:, None])  # past the answer: any state of the episode
+    return Packed(
+        ids=ids.view(n_rows, width), segments=segments.view(n_rows, width), row=row[:, None],
+        col=(offset + n_prompt - 1)[:, None] + t, last=offset + length - 1,
+    )  # fmt: skip
+
+
+def episode_rows(ro: Rollout, rows: torch.Tensor, pack: bool, capacity: int) -> Episodes:
+    """The episodes `rows` laid out for one forward: packed (ppo.pack) or one trimmed, padded row each."""
+    if pack:
+        return packed_rows(ro, rows, capacity)
+    ids, pad_mask, P = trimmed_rows(ro, rows)
+    return Padded(ids=ids, pad_mask=pad_mask, P=P, last=P + ro.mask[rows].sum(1).long() - 1)
+
+
 def response_outputs(
-    model: GPT, ids: torch.Tensor, pad_mask: torch.Tensor, P: int, logits: bool, values: bool
+    model: GPT, batch: Episodes, logits: bool, values: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """LM logits (B, R, V) predicting each answer token and/or head values (B, R) of the state before it."""
-    hidden = model.hidden(ids, pad_mask=pad_mask)[:, P - 1 : -1]  # (B, R, C): positions P-1 .. P+R-2
+    """LM logits (b, R, V) predicting each answer token and/or head values (b, R) of the state before it."""
+    hidden = batch.answer_states(batch.hidden(model))  # (b, R, C)
     out_logits = model.lm_head(hidden) if logits else None
     out_values = model.head_outputs(hidden)[..., 0].float() if values else None
     return out_logits, out_values
 
 
-def policy_values(
-    models: Models, ids: torch.Tensor, pad_mask: torch.Tensor, P: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_values(models: Models, batch: Episodes) -> tuple[torch.Tensor, torch.Tensor]:
     """(policy logits, values) for a (sub)batch, from one forward when the trunk is shared. Runs through
     models.policy_fwd / critic_fwd when set (the DDP wrappers: gradients are synced)."""
     policy = models.policy_fwd or StageForward(models.policy)
     if models.critic is None:
-        logits, values = policy(response_outputs, ids, pad_mask, P, True, True)
+        logits, values = policy(response_outputs, batch, True, True)
     else:
         critic = models.critic_fwd or StageForward(models.critic)
-        logits, _ = policy(response_outputs, ids, pad_mask, P, True, False)
-        _, values = critic(response_outputs, ids, pad_mask, P, False, True)
+        logits, _ = policy(response_outputs, batch, True, False)
+        _, values = critic(response_outputs, batch, False, True)
     return logits, values
 
 
-def reward_scores(models: Models, pool: PromptPool, ro: Rollout, chunk: int) -> torch.Tensor:
+def pack_capacity(models: Models) -> int:
+    """Longest packed row: the smallest context of the models that read the episodes."""
+    gpts = (models.policy, models.ref, models.critic, models.rm)
+    return min(m.config.block_size for m in gpts if m is not None)
+
+
+def reward_scores(
+    models: Models, pool: PromptPool, ro: Rollout, chunk: int, pack: bool = False
+) -> torch.Tensor:
     """(B,) normalised reward: the RM head on the last real token (in length-sorted chunks of `chunk`
-    episodes), or the python reward function."""
+    episodes, packed when `pack`), or the python reward function."""
     if models.reward_fn is not None:
         raw = models.reward_fn([pool.texts[i] for i in ro.prompt_index], ro.texts)
         return torch.tensor([float(r) for r in raw], device=ro.ids.device)
     assert models.rm is not None
     raw = torch.zeros(len(ro.mask), device=ro.ids.device)  # (B,)
     for rows in by_prompt_length(ro, torch.arange(len(ro.mask), device=ro.ids.device), chunk):
-        ids, pad_mask, P = trimmed_rows(ro, rows)
-        hidden = models.rm.hidden(ids, pad_mask=pad_mask)  # (b, P+R, C)
-        last = P + ro.mask[rows].sum(1).long() - 1  # (b,)
-        raw[rows] = models.rm.head_outputs(hidden[torch.arange(len(rows)), last])[:, 0].float()
+        batch = episode_rows(ro, rows, pack, pack_capacity(models))
+        last = batch.last_states(batch.hidden(models.rm))  # (b, C)
+        raw[rows] = models.rm.head_outputs(last)[:, 0].float()
     bias, std = models.rm_norm
     return (raw - bias) / std
 
@@ -356,16 +469,17 @@ def score_rollout(models: Models, pool: PromptPool, ro: Rollout, cfg: PPOConfig,
     T, chunk = cfg.ppo.temperature, cfg.ppo.micro_batch or cfg.ppo.minibatch
     out = {k: torch.zeros_like(ro.mask) for k in ("logprobs", "ref_logprobs", "values", "entropy")}
     for rows in by_prompt_length(ro, torch.arange(len(ro.mask), device=ro.mask.device), chunk):
-        ids, pad_mask, P = trimmed_rows(ro, rows)
+        batch = episode_rows(ro, rows, cfg.ppo.pack, pack_capacity(models))
+        answer = ro.ids[rows, ro.P :]  # (b, R)
         with autocast(device, dtype):
-            logits, values = policy_values(models, ids, pad_mask, P)
-            ref_logits, _ = response_outputs(models.ref, ids, pad_mask, P, True, False)
-        out["logprobs"][rows] = rl_math.logprobs_from_logits(logits, ids[:, P:], T)
-        out["ref_logprobs"][rows] = rl_math.logprobs_from_logits(ref_logits, ids[:, P:], T)
+            logits, values = policy_values(models, batch)
+            ref_logits, _ = response_outputs(models.ref, batch, True, False)
+        out["logprobs"][rows] = rl_math.logprobs_from_logits(logits, answer, T)
+        out["ref_logprobs"][rows] = rl_math.logprobs_from_logits(ref_logits, answer, T)
         out["values"][rows] = values.float()
         out["entropy"][rows] = rl_math.entropy_from_logits(logits, T)
     with autocast(device, dtype):
-        rm_score = reward_scores(models, pool, ro, chunk)
+        rm_score = reward_scores(models, pool, ro, chunk, cfg.ppo.pack)
     m = ro.mask
     return Scored(
         logprobs=out["logprobs"] * m, ref_logprobs=out["ref_logprobs"] * m, values=out["values"] * m,
@@ -441,12 +555,13 @@ def minibatch_step(
             (hp.ptx_coef * lm).backward()
         totals["ptx_loss"] = float(lm.detach())
     chunks = by_prompt_length(ro, rows, micro)  # the same gradient sum, less padding per micro-batch
+    capacity = pack_capacity(models)
     for i, j in enumerate(chunks):
-        ids, pad_mask, P = trimmed_rows(ro, j)
+        batch = episode_rows(ro, j, hp.pack, capacity)  # packed: no padding at all (ppo.pack)
         with no_sync(wrapped, skip=i != len(chunks) - 1):  # all-reduce on the last backward only
             with autocast(device, dtype):
-                logits, values = policy_values(models, ids, pad_mask, P)
-            new_logprobs = rl_math.logprobs_from_logits(logits, ids[:, P:], hp.temperature)
+                logits, values = policy_values(models, batch)
+            new_logprobs = rl_math.logprobs_from_logits(logits, ro.ids[j, ro.P :], hp.temperature)
             losses = rl_math.ppo_losses(
                 new_logprobs, sc.logprobs[j], adv.advantages[j], values, sc.values[j], adv.returns[j],
                 ro.mask[j], hp.clip_eps, hp.vf_clip, n_tokens=n_tokens,
