@@ -109,7 +109,7 @@ PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "optim.batch_size=16",
                 "optim.lr=1e-3",
                 "eval_train_examples=100",
-                "max_len=48",
+                "max_len=80",  # fits every nli/paraphrase pair (48 cut 32% / 57% of them from the left)
             ],
         },
         "sft": {
@@ -125,7 +125,10 @@ PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "run": {"eval_every": 50, "save_every": 50, "log_every": 10},
         },
         "ppo": {"ppo": {"iterations": 12, "max_new_tokens": 32}, "optim": {"lr": 6e-5}},
-        "ppo_ptx": {"ppo": {"iterations": 12, "max_new_tokens": 32, "ptx_coef": 1.0}, "optim": {"lr": 6e-5}},
+        "ppo_ptx": {  # γ = 0.1: at 60 iterations γ = 1 fell below SFT (win rate 0.48), γ = 0.1 won 0.57 / 0.67
+            "ppo": {"iterations": 12, "max_new_tokens": 32, "ptx_coef": 0.1},
+            "optim": {"lr": 6e-5},
+        },
     },
     "small-cpu": {
         "pretrain": {
