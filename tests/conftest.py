@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,6 +16,16 @@ TEXT = (
     "JULIET: O Romeo, Romeo, wherefore art thou Romeo?\n"
     "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ?\n"
 ) * 40
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Micro models gain nothing from intra-op threads, and on a busy machine every extra thread makes each
+    small op wait for a free core. Modules that want it say `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -18,20 +18,12 @@ import ppo_speed  # noqa: E402
 from picochat.model import GPTConfig  # noqa: E402
 from picochat.train.loop import read_metrics  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SETUP = ppo_speed.Setup(
     model=GPTConfig.from_preset("micro", block_size=96, dropout=0.0), vocab=320, n_prompts=12,
     rollout_batch=4, minibatch=2, epochs=2, response_len=4,
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """Micro models gain nothing from threads, and on a busy machine each extra thread makes every small op
-    wait for a free core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,8 @@ from picochat.tokenizer import Tokenizer
 from picochat.train.loop import read_metrics
 from picochat.train.ppo import ppo
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 WORDS = ["apple", "banana", "cherry", "grape"]
 TARGET = "cherry"
 PROMPTS = ["name a fruit", "say a fruit", "pick a fruit", "any fruit?"]
@@ -25,15 +27,6 @@ PROMPTS = ["name a fruit", "say a fruit", "pick a fruit", "any fruit?"]
 
 def target_reward(prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
     return [1.0 if a.strip() == TARGET else 0.0 for a in answers]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add overhead (and fight other processes on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

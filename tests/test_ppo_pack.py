@@ -5,7 +5,7 @@ a separate critic, a shared trunk and gradient accumulation."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -15,15 +15,9 @@ from picochat.model import GPT, GPTConfig, with_head
 from picochat.tokenizer import Tokenizer
 from picochat.train import ppo as stage
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CPU = (torch.device("cpu"), None)  # (device, autocast dtype): plain fp32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_rollout(

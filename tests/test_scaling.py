@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -115,15 +114,6 @@ def test_config_validates_the_family() -> None:
         load_config(ScalingConfig, overrides=["widths=[8,8,12]"])
     with pytest.raises(ValueError, match="multiple of head_dim"):
         load_config(ScalingConfig, overrides=["widths=[8,10,12]"])
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (and the test machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_micro_sweep_end_to_end(tmp_path: Path, sample_text: str, one_thread: None) -> None:
