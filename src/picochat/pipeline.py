@@ -124,9 +124,10 @@ PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "optim": {"max_steps": 100, "lr": 1e-3, "warmup_steps": 5},
             "run": {"eval_every": 50, "save_every": 50, "log_every": 10},
         },
-        "ppo": {"ppo": {"iterations": 12, "max_new_tokens": 32}, "optim": {"lr": 6e-5}},
+        # 36 iterations: packed episodes made them affordable; 12 left the win rate at 0.57-0.64 greedy
+        "ppo": {"ppo": {"iterations": 36, "max_new_tokens": 32}, "optim": {"lr": 6e-5}},
         "ppo_ptx": {  # γ = 0.1: at 60 iterations γ = 1 fell below SFT (win rate 0.48), γ = 0.1 won 0.57 / 0.67
-            "ppo": {"iterations": 12, "max_new_tokens": 32, "ptx_coef": 0.1},
+            "ppo": {"iterations": 36, "max_new_tokens": 32, "ptx_coef": 0.1},
             "optim": {"lr": 6e-5},
         },
     },
