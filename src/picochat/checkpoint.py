@@ -75,9 +75,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON with sorted keys, atomically (atomic_write_text)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json(path: str | Path, obj: Any, *, sort_keys: bool = True) -> Path:
+    """Write `obj` as indented JSON (keys sorted unless sort_keys=False keeps the insertion order that
+    summaries are read in), atomically (atomic_write_text)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def atomic_dir_write(path: Path, write: Any) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from picochat.checkpoint import atomic_write_text
+from picochat.checkpoint import atomic_write_text, write_json
 from picochat.config import (
     ConfigError,
     PretrainConfig,
@@ -433,7 +433,7 @@ def stage_report(ctx: Context) -> dict[str, Any]:
     record_path = ctx.path("pipeline.json")
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     record["headline"] = headline(ctx.root)
-    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+    write_json(record_path, record, sort_keys=False)
     md_path, html_path = build_report(ctx.root)
     print(f"report: wrote {md_path} and {html_path}")
     return {"report": str(md_path), "html": str(html_path), **record["headline"]}
@@ -538,12 +538,12 @@ def run_pipeline(
         summary = run_stage(stage, ctx)
         seconds = time.perf_counter() - t0
         done.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(done, json.dumps({"seconds": seconds, **summary}, indent=2) + "\n")
+        write_json(done, {"seconds": seconds, **summary}, sort_keys=False)
         record["stages"][stage] = {"seconds": seconds}
-        atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+        write_json(record_path, record, sort_keys=False)
         print(f"[{k}/{len(selected)}] {stage}: {seconds:.1f} s")
     total = time.perf_counter() - t_start
     record["total_seconds_last_invocation"] = total
-    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+    write_json(record_path, record, sort_keys=False)
     print(f"pipeline: finished in {total:.0f} s; outputs in {root}")
     return record

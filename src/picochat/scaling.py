@@ -60,7 +60,7 @@ from matplotlib import ticker  # noqa: E402
 from scipy import optimize, stats  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from picochat.checkpoint import atomic_write_text  # noqa: E402
+from picochat.checkpoint import write_json  # noqa: E402
 from picochat.config import ModelSpec, PretrainConfig, ScalingConfig, save_config, to_tree  # noqa: E402
 from picochat.model import GPT, GPTConfig, flops_per_token  # noqa: E402
 from picochat.report import save_figure  # noqa: E402
@@ -314,7 +314,7 @@ def train_member(
         "train_s": float(summary["elapsed_s"]),
         "wall_s": time.perf_counter() - t0,
     }
-    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+    write_json(record_path, record, sort_keys=False)
     return {**record, "reused": False}
 
 
@@ -436,7 +436,7 @@ def run_scaling(
         )
         log(f"scaling: target actual val loss {target['val_loss']:.4f}; relative error {rel:+.2%}")
     plot_scaling(out_dir / PLOT, sweep, fit, prediction, target)
-    atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2) + "\n")
+    write_json(out_dir / RESULTS, results, sort_keys=False)
     log(f"scaling: wrote {out_dir / RESULTS} and {out_dir / PLOT}")
     return headline(results)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from picochat.checkpoint import atomic_write_text
+from picochat.checkpoint import write_json
 from picochat.data.gpt1_tasks import TaskSet, load_task
 from picochat.engine import Engine
 from picochat.model import GPT
@@ -208,6 +208,6 @@ def run_eval(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     out["wall_s"] = time.perf_counter() - t0
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "eval.json", json.dumps(out, indent=2) + "\n")
+    write_json(out_dir / "eval.json", out, sort_keys=False)
     print(f"eval: wrote {out_dir / 'eval.json'} ({out['wall_s']:.1f} s)")
     return out

@@ -13,13 +13,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from picochat.checkpoint import atomic_write_text
+from picochat.checkpoint import write_json
 from picochat.data.preferences import PreferenceRecord
 from picochat.model import GPT
 from picochat.tokenizer import Tokenizer
@@ -105,5 +104,5 @@ def write_calibration(path: str | Path, calib: dict[str, Any]) -> Path:
     """Write calibration data as JSON (for the report's reliability plot)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(calib, indent=2) + "\n")
+    write_json(path, calib, sort_keys=False)
     return path

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from picochat.checkpoint import atomic_write_text, load_checkpoint
+from picochat.checkpoint import load_checkpoint, write_json
 from picochat.config import FinetuneConfig, save_config
 from picochat.data.gpt1_tasks import (
     FORMATS,
@@ -412,7 +412,7 @@ def finetune(
         "steps": state.step, "aux_lm_weight": cfg.aux_lm_weight, "lr": cfg.optim.lr,
         "train_s": state.elapsed_s, "wall_s": time.perf_counter() - t0,
     }  # fmt: skip
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "summary.json", summary, sort_keys=False)
     print(
         f"finetune: {task.name} held-out accuracy {summary['accuracy']:.3f} (chance {summary['chance']:.3f}, "
         f"train {summary['train_accuracy']:.3f}); wrote {out_dir / 'ckpt'}, {out_dir / 'summary.json'}"
@@ -452,7 +452,7 @@ def run_finetune_all(
         "table": table,
         "mean_accuracy": sum(r["accuracy"] for r in table) / max(len(table), 1),
     }
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "summary.json", summary, sort_keys=False)
     return summary
 
 

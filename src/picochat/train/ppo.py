@@ -46,7 +46,6 @@ only rank 0 writes logs and checkpoints. The frozen reference and the reward mod
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -62,7 +61,6 @@ from tqdm import tqdm
 from picochat.checkpoint import (
     TIED_KEY,
     CheckpointError,
-    atomic_write_text,
     checkpoint_meta,
     flatten_optimizer,
     load_checkpoint,
@@ -71,6 +69,7 @@ from picochat.checkpoint import (
     model_state,
     save_checkpoint,
     unflatten_optimizer,
+    write_json,
 )
 from picochat.config import OptimConfig, PPOConfig, save_config
 from picochat.data import tasks as task_suite
@@ -889,7 +888,7 @@ def ppo(
         summary["ptx/heldout_lm_loss_sft"] = val_start
         summary["ptx/heldout_lm_loss_rl"] = heldout_lm_loss(models.policy, val_windows, dev_dtype)
     if dist.is_main:
-        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_json(out_dir / "summary.json", summary, sort_keys=False)
         print(f"ppo: wrote {out_dir / POLICY_DIR}, {out_dir / METRICS_FILE}, {out_dir / 'summary.json'}")
     return models.policy, summary
 
@@ -973,7 +972,7 @@ def run_ppo(
             max_new_tokens=cfg.ppo.max_new_tokens,
         )  # fmt: skip
         result["temperature"] = temperature
-        atomic_write_text(Path(out_dir) / f"{name}.json", json.dumps(result, indent=2) + "\n")
+        write_json(Path(out_dir) / f"{name}.json", result, sort_keys=False)
         out.update({f"{name}/{k}": result[k] for k in keys})
     return out
 

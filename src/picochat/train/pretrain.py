@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from picochat.checkpoint import atomic_write_text
+from picochat.checkpoint import atomic_write_text, write_json
 from picochat.config import CorpusConfig, PretrainConfig, save_config
 from picochat.data.corpus import corpus_hash, default_corpus, read_text_path, split_documents
 from picochat.data.shards import RandomWindows, eval_windows, read_shard, write_shard
@@ -98,7 +98,7 @@ def prepare_data(cfg: CorpusConfig, data_dir: Path, log: Any = print) -> Prepare
         "train_bytes": sum(len(d.encode()) for d in train_docs),
         "val_bytes": sum(len(d.encode()) for d in val_docs),
     }
-    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    write_json(meta_path, meta, sort_keys=False)
     log(
         f"data: wrote {data_dir} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
         f"{meta['train_bytes'] / max(meta['train_tokens'], 1):.2f} bytes/token)"
@@ -209,7 +209,7 @@ def pretrain(
         summary.update(final)
         summary["tok/s"] = state.tokens_seen / max(state.elapsed_s, 1e-9)
         samples = write_samples(model, data.tok, cfg.sample_prompt, out_dir, cfg.run.seed)
-        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_json(out_dir / "summary.json", summary, sort_keys=False)
         log(f"pretrain: val loss {final['val/loss']:.4f} nats/token, {final['val/bpb']:.4f} bits/byte")
         log("sample:\n" + samples[0])
         log(f"pretrain: wrote {out_dir / 'ckpt'}, {out_dir / 'metrics.jsonl'}, {out_dir / 'samples.txt'}")

@@ -33,7 +33,6 @@ its files), evaluates, normalises and writes the outputs.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Sequence
@@ -46,11 +45,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from picochat.checkpoint import (
-    atomic_write_text,
     checkpoint_meta,
     load_checkpoint,
     load_trainer_state,
     save_checkpoint,
+    write_json,
 )
 from picochat.config import RewardConfig, save_config
 from picochat.data.preferences import PreferenceRecord, prompt_messages, read_any, write_preferences
@@ -472,7 +471,7 @@ def train_reward(
         "steps": state.step, "train_s": state.elapsed_s, "data_s": t_data,
         "wall_s": time.perf_counter() - t0, "ckpt": str(trainer.ckpt_dir),
     }  # fmt: skip
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "summary.json", summary, sort_keys=False)
     log(
         f"rm: held-out pairwise accuracy {head['accuracy']:.3f} on {head['n_pairs']} pairs "
         f"(shift {moved['accuracy']:.3f}, train {train_eval['accuracy']:.3f}); reference std {std:.3f}; "

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from picochat.checkpoint import atomic_write_text, load_checkpoint
+from picochat.checkpoint import load_checkpoint, write_json
 from picochat.config import SFTConfig, save_config
 from picochat.data.sft_mix import Labeled, build_sft_mix, mix_counts
 from picochat.data.tasks import Task, make_tasks, score
@@ -397,7 +397,7 @@ def base_eval(
         if cached.get("ckpt") == cfg.ckpt and cached.get("n_tasks") == len(tasks):
             return cached
     result = {"ckpt": cfg.ckpt, **task_eval(model, tok, tasks, cfg.eval_max_new_tokens, dtype)}
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    write_json(path, result, sort_keys=False)
     return result
 
 
@@ -465,7 +465,7 @@ def sft(cfg: SFTConfig, out_dir: Path, dist: Dist | None = None, resume: bool = 
         "before": {k: v for k, v in before.items() if k != "ckpt"} if before else {},
         "after": after, "chat_samples": chat_samples(model, tok, cfg.eval_max_new_tokens),
     })  # fmt: skip
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "summary.json", summary, sort_keys=False)
     log(f"sft: held-out assistant loss {summary['val/loss']:.4f} nats/token")
     log(f"sft: tasks before: {headline(summary['before'])}")
     log(f"sft: tasks after:  {headline(after)}")
