@@ -46,6 +46,8 @@ def test_every_stage_wrote_its_artefacts(run_dir: Path) -> None:
             assert (run_dir / stage / name).exists(), f"{stage}/{name}"
     for name in ("report.md", "report.html", "pipeline.json", "plots/pretrain_loss.png"):
         assert (run_dir / name).exists(), name
+    record = json.loads((run_dir / "pipeline.json").read_text())
+    assert record["headline"]["RM held-out pairwise accuracy"] is not None  # kept after the last stage
 
 
 def test_report_numbers_are_the_logged_ones(run_dir: Path) -> None:

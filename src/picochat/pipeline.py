@@ -430,13 +430,10 @@ def headline(root: Path) -> dict[str, Any]:
 def stage_report(ctx: Context) -> dict[str, Any]:
     from picochat.report import build_report
 
-    record_path = ctx.path("pipeline.json")
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    record["headline"] = headline(ctx.root)
-    write_json(record_path, record, sort_keys=False)
-    md_path, html_path = build_report(ctx.root)
+    numbers = headline(ctx.root)
+    md_path, html_path = build_report(ctx.root, numbers)
     print(f"report: wrote {md_path} and {html_path}")
-    return {"report": str(md_path), "html": str(html_path), **record["headline"]}
+    return {"report": str(md_path), "html": str(html_path), **numbers}
 
 
 STAGES: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -544,6 +541,7 @@ def run_pipeline(
         print(f"[{k}/{len(selected)}] {stage}: {seconds:.1f} s")
     total = time.perf_counter() - t_start
     record["total_seconds_last_invocation"] = total
+    record["headline"] = headline(root)  # written by the loop, which owns pipeline.json (the report reads it)
     write_json(record_path, record, sort_keys=False)
     print(f"pipeline: finished in {total:.0f} s; outputs in {root}")
     return record

@@ -341,14 +341,16 @@ SECTIONS = [
 ]  # fmt: skip
 
 
-def build_report(root: str | Path) -> tuple[Path, Path]:
-    """Write root/report.md and root/report.html from the run's logs; returns both paths."""
+def build_report(root: str | Path, headline: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write root/report.md and root/report.html from the run's logs; returns both paths. The headline
+    table is `headline` when given (the pipeline passes the numbers it is about to record), else the one
+    recorded in pipeline.json."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"run directory {root} does not exist")
     record = read_json(root / "pipeline.json")
     parts = [f"# picochat report: `{root.name}`", ""]
-    headline = record.get("headline", {})
+    headline = record.get("headline", {}) if headline is None else headline
     if headline:
         parts += ["## Headline numbers", table(["metric", "value"], list(headline.items())), ""]
     parts.append(section_environment(root, record))
