@@ -11,6 +11,7 @@ slower).
 from __future__ import annotations
 
 import contextlib
+import math
 import platform
 import statistics
 import subprocess
@@ -85,11 +86,12 @@ class DtypeChoice:
 
 
 def choose_dtype(device: torch.device) -> DtypeChoice:
-    """Measure fp32 and bf16 matmul peaks and pick the faster dtype. bf16 is measured on a smaller matmul
-    first so that a CPU without bf16 units (10-30x slower) does not stall the benchmark."""
+    """Measure fp32 and bf16 matmul peaks and pick the faster dtype. On a CPU bf16 is measured on a smaller
+    matmul first so that a CPU without bf16 units (10-30x slower) does not stall the benchmark; on a GPU a
+    small matmul only measures launch latency, so both are measured at full size."""
     n = 8192 if device.type == "cuda" else 1536
     fp32 = matmul_peak(device, None, n)
-    bf16 = matmul_peak(device, torch.bfloat16, 512, repeats=2)
+    bf16 = matmul_peak(device, torch.bfloat16, 512, repeats=2) if device.type == "cpu" else math.inf
     if bf16 > 0.5 * fp32:  # plausible contender: measure it at full size
         bf16 = matmul_peak(device, torch.bfloat16, n)
     return DtypeChoice(dtype=torch.bfloat16 if bf16 > fp32 else None, peak_fp32=fp32, peak_bf16=bf16)

@@ -11,6 +11,7 @@ MFU = tok/s × flops_per_token (PaLM appendix B: 6·N + 12·L·C·T) ÷ peak FLO
 
     python benchmarks/train_speed.py            # 6L/6H/384d, ctx 256, vocab 8192, batch 4 (~1 min quiet)
     python benchmarks/train_speed.py --gpt2     # also gpt2 124M, ctx 1024, batch 1 (a few more minutes)
+    python benchmarks/train_speed.py --gpt2 --gpt2-batch 16 --compile   # on a GPU: both sides torch.compile'd
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Runner:
 
 
 def build_runners(
-    cfg: GPTConfig, batch: int, device: torch.device, dtype: torch.dtype | None
+    cfg: GPTConfig, batch: int, device: torch.device, dtype: torch.dtype | None, compile_models: bool
 ) -> dict[str, Runner]:
     torch.manual_seed(0)
     ours = GPT(cfg)
@@ -81,23 +82,34 @@ def build_runners(
         0, cfg.vocab_size, (batch, cfg.block_size + 1), generator=torch.Generator().manual_seed(1)
     ).to(device)
     optim = OptimConfig(warmup_steps=0, max_steps=10**6)
+    opt_ours, opt_theirs = build_optimizer(ours, optim, device), build_optimizer(theirs, optim, device)
+    if compile_models:
+        ours, theirs = torch.compile(ours), torch.compile(theirs)
     return {
-        "picochat": Runner(ours, build_optimizer(ours, optim, device), x, True, dtype, optim),
-        "transformers": Runner(theirs, build_optimizer(theirs, optim, device), x, False, dtype, optim),
+        "picochat": Runner(ours, opt_ours, x, True, dtype, optim),
+        "transformers": Runner(theirs, opt_theirs, x, False, dtype, optim),
     }
 
 
 def bench(
-    name: str, cfg: GPTConfig, batch: int, rounds: int, steps: int, choice: DtypeChoice, device: torch.device
+    name: str,
+    cfg: GPTConfig,
+    batch: int,
+    rounds: int,
+    steps: int,
+    choice: DtypeChoice,
+    device: torch.device,
+    compile_models: bool = False,
 ) -> float:
-    runners = build_runners(cfg, batch, device, choice.dtype)
-    for r in runners.values():  # warm-up: allocator, kernel selection, optimizer state
-        r.timed(1)
+    runners = build_runners(cfg, batch, device, choice.dtype, compile_models)
+    for r in runners.values():  # warm-up: allocator, kernel selection, optimizer state (and compilation)
+        r.timed(2 if compile_models else 1)
     secs = interleaved({k: (lambda r=r: r.timed(steps)) for k, r in runners.items()}, rounds)
     tokens = batch * cfg.block_size
     flops = flops_per_token(cfg)
+    compiled = ", torch.compile" if compile_models else ""
     print(f"{name}: batch {batch} x ctx {cfg.block_size}, {runners['picochat'].model.num_params() / 1e6:.1f}M params, "
-          f"{flops / 1e6:.0f} MFLOP/token, {rounds} interleaved rounds x {steps} steps")  # fmt: skip
+          f"{flops / 1e6:.0f} MFLOP/token, {rounds} interleaved rounds x {steps} steps{compiled}")  # fmt: skip
     tok_s = {k: tokens / median(v) for k, v in secs.items()}
     for k, v in secs.items():
         mfu = tok_s[k] * flops / choice.peak
@@ -116,16 +128,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1, help="optimizer steps per timed round")
     ap.add_argument("--gpt2", action="store_true", help="also gpt2 124M at ctx 1024")
     ap.add_argument("--gpt2-batch", type=int, default=1)
+    ap.add_argument("--no-tiny", action="store_true", help="skip the tiny model (with --gpt2)")
+    ap.add_argument(
+        "--compile", action="store_true", help="torch.compile both models (minutes of compiling on CPU)"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
     print(machine())
     choice = choose_dtype(device)
     print(choice.describe())
-    ratios = [bench("tiny 6L/384d", TINY, args.batch, args.rounds, args.steps, choice, device)]
+    if args.no_tiny and not args.gpt2:
+        ap.error("--no-tiny leaves nothing to measure without --gpt2")
+    ratios = []
+    if not args.no_tiny:
+        ratios.append(
+            bench("tiny 6L/384d", TINY, args.batch, args.rounds, args.steps, choice, device, args.compile)
+        )
     if args.gpt2:
         gpt2 = GPTConfig.from_preset("gpt2")
-        ratios.append(bench("gpt2 124M", gpt2, args.gpt2_batch, max(3, args.rounds // 2), 1, choice, device))
+        gpt2_rounds = max(3, args.rounds // 2)
+        ratios.append(bench("gpt2 124M", gpt2, args.gpt2_batch, gpt2_rounds, 1, choice, device, args.compile))
     print(f"ratio: {min(ratios):.2f}")
 
 
