@@ -10,7 +10,7 @@ import torch
 from picochat.checkpoint import load_checkpoint
 from picochat.config import OptimConfig, RunConfig
 from picochat.data.shards import RandomWindows
-from picochat.model import GPT, GPTConfig
+from picochat.model import GPT, IGNORE_INDEX, GPTConfig
 from picochat.train.loop import NonFiniteError, StepOut, Trainer, lr_at, read_metrics
 from picochat.train.pretrain import lm_loss
 
@@ -31,6 +31,25 @@ def make_trainer(tok, out: Path, batch: int, accum: int, steps: int = 6, seed: i
 
 def losses(out: Path) -> list[float]:
     return [r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
+
+
+def test_lm_loss_is_the_summed_token_cross_entropy_and_survives_no_targets() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("micro", vocab_size=64, block_size=16))
+    x = torch.randint(0, 64, (3, 16))
+    y = torch.randint(0, 64, (3, 16))
+    y[1, :10] = IGNORE_INDEX  # SFT-style masked targets
+    out = lm_loss(model, (x, y))
+    logits, _ = model(x)
+    ref = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    assert out.n_items == 48 - 10 and out.n_tokens == 48
+    assert float(out.loss_sum) == pytest.approx(float(ref), rel=1e-5)
+    empty = lm_loss(model, (x, torch.full_like(y, IGNORE_INDEX)))  # no target: zero, not NaN, still a graph
+    assert empty.n_items == 0 and float(empty.loss_sum) == 0.0
+    empty.loss_sum.backward()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in model.parameters())
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor() -> None:
