@@ -112,7 +112,12 @@ PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "max_len=80",  # fits every nli/paraphrase pair (48 cut 32% / 57% of them from the left)
             ],
         },
+        # 750 + 750 dialogues (SFTConfig default 1500 + 2000) put 80% of the conversations (not 63%) on the
+        # checkable tasks: at 200 steps exact task accuracy 0.000 -> 0.071 (0.000 with the default mix),
+        # held-out chat loss 4.99 (4.97); 300 + 300 gave 0.125 and 0.089 (two seeds) at chat loss 5.7
         "sft": {
+            "n_chitchat": 750,
+            "n_chatterbot": 750,
             "eval_tasks": 112,
             "eval_max_new_tokens": 32,
             "optim": {"max_steps": 200, "batch_size": 16, "lr": 2e-3, "warmup_steps": 10},
