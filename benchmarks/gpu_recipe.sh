@@ -15,8 +15,12 @@
 set -uo pipefail
 out=${1:-runs/gpu_recipe}
 py=${PYTHON:-python}
-model=${MODEL:-gpt2}    # model preset of the pretrain step (MODEL=micro tries the script on a CPU)
+model=${MODEL:-gpt2}    # model preset of the pretrain step
 steps=${STEPS:-80}
+if ! "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_recipe.sh: no CUDA device visible to $py (GPT-2 124M on a CPU would take hours); see benchmarks/train_speed.py for CPU runs" >&2
+    exit 2
+fi
 mkdir -p "$out"
 step() {
     local name=$1
