@@ -498,10 +498,9 @@ def run_scaling(
     results["sweep"] = sweep
     results["sweep_wall_s"] = time.perf_counter() - t0  # this call (reused members cost nothing)
     results["sweep_train_wall_s"] = sum(r["wall_s"] for r in sweep)  # when each member was trained
-    fit = fit_power_law(
-        [r["member"]["flops"] for r in sweep], [r["val_loss"] for r in sweep], fit_c=cfg.fit_irreducible,
-        rel_se=mean_rel_se(sweep) if cfg.seeds_per_member > 1 else None,
-    )  # fmt: skip
+    points = ([r["member"]["flops"] for r in sweep], [r["val_loss"] for r in sweep])
+    rel_se = mean_rel_se(sweep) if cfg.seeds_per_member > 1 else None
+    fit = fit_power_law(*points, fit_c=cfg.fit_irreducible, rel_se=rel_se)
     prediction = predict_target(fit, target_plan, actual_ratio, cfg.band_level)
     results.update(fit=fit.to_dict(), prediction=prediction, target=None)
     log(
@@ -509,10 +508,7 @@ def run_scaling(
         f"predicted target loss {prediction['loss']:.4f} [{prediction['lo']:.4f}, {prediction['hi']:.4f}]"
     )
     if not cfg.fit_irreducible:  # GPT-4's form with c fitted, reported beside the headline for comparison
-        fit_c = fit_power_law(
-            [r["member"]["flops"] for r in sweep], [r["val_loss"] for r in sweep], fit_c=True,
-            rel_se=mean_rel_se(sweep) if cfg.seeds_per_member > 1 else None,
-        )  # fmt: skip
+        fit_c = fit_power_law(*points, fit_c=True, rel_se=rel_se)
         results.update(fit_with_c=fit_c.to_dict(), prediction_with_c=float(fit_c.predict(target_plan.flops)))
         log(
             f"scaling: with c fitted (GPT-4's form): c = {fit_c.c:.4f}, predicted {results['prediction_with_c']:.4f}"
