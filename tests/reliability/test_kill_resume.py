@@ -50,9 +50,13 @@ def interrupted_run(cli, args: list[str], out: Path, schedule, seed: int) -> lis
     metrics = out / "metrics.jsonl"
     events = []
     proc = cli.start(*args)
+    logged = 0  # the last step in metrics.jsonl when the current process started
     for step, sig in schedule:
-        seen = cli.interrupt_at_step(proc, metrics, step, sig, rng)
+        # a resumed process rewrites metrics.jsonl only once it has loaded its checkpoint; until then the
+        # killed run's steps are still there, so wait for a step this process logged itself
+        seen = cli.interrupt_at_step(proc, metrics, max(step, logged + 1), sig, rng)
         code, _, err = cli.finish(proc)
+        logged = cli.last_step(metrics)
         event = {"signal": sig.name, "seen": seen, "code": code, "stderr": err}
         if sig == signal.SIGKILL:
             assert code == -signal.SIGKILL, err[-2000:]
