@@ -213,3 +213,31 @@ def test_similarity_truncation_is_symmetric_and_fits() -> None:
         fa, fb = fit_symmetric(a, b, 20)
         assert fit_symmetric(b, a, 20) == (fb, fa)
         assert len(fa) + len(fb) <= 20 and fa == a[: len(fa)] and fb == b[: len(fb)]
+
+
+def test_run_finetune_all_applies_task_overrides_after_the_common_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from picochat.train import finetune as ft
+
+    seen: dict[str, FinetuneConfig] = {}
+
+    def fake_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
+        seen[cfg.task] = cfg
+        return {
+            "task": cfg.task,
+            "format": "x",
+            "accuracy": 0.5,
+            "chance": 0.5,
+            "train_accuracy": 0.5,
+            "wall_s": 0,
+        }
+
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    summary = ft.run_finetune_all(
+        "base/ckpt", tmp_path, tasks=("sentiment", "nli"), overrides=["optim.max_steps=80", "optim.lr=1e-3"],
+        task_overrides={"nli": ["optim.max_steps=600"]},
+    )  # fmt: skip
+    assert seen["sentiment"].optim.max_steps == 80 and seen["nli"].optim.max_steps == 600
+    assert seen["nli"].optim.lr == 1e-3 and seen["nli"].ckpt == "base/ckpt"
+    assert [row["task"] for row in summary["table"]] == ["sentiment", "nli"]

@@ -1,5 +1,6 @@
 """GPT-1 task sets: built-in tasks build balanced, schema-valid, properly split sets at both difficulty
-levels; the NLI checker; shortcut baselines near chance; user JSONL errors name FILE:LINE."""
+levels; the NLI checker; shortcut baselines near chance; the Bible verse reader; user JSONL errors name
+FILE:LINE."""
 
 import json
 import re
@@ -24,6 +25,7 @@ from picochat.data.gpt1_tasks import (
     load_task_jsonl,
     nli_label,
     parse_play,
+    parse_pythonbible,
     shortcut_baselines,
 )
 from picochat.train.finetune import build_task
@@ -36,10 +38,10 @@ TEXT_KEYS = {
 }
 
 
-EASY = ["nli", "paraphrase"]  # the tasks whose "easy" level builds a different set
+EASY = ["nli", "paraphrase_synth"]  # the tasks whose "easy" level builds a different set
 
 
-@pytest.fixture(scope="module", params=[*TASKS, *(f"{t}:easy" for t in EASY)])
+@pytest.fixture(scope="module", params=[*TASKS, *gpt1_tasks.EXTRA_TASKS, *(f"{t}:easy" for t in EASY)])
 def task(request: pytest.FixtureRequest) -> TaskSet:
     name, _, level = request.param.partition(":")
     return load_task(name, seed=0, level=level or "full")
@@ -76,6 +78,14 @@ def test_split_is_disjoint_by_source_or_template_name_value(task: TaskSet) -> No
         assert {r["source"] for r in task.train} <= set(meta["train_sources"])
         assert {r["source"] for r in task.test} <= set(meta["test_sources"])
         return
+    if task.name == "paraphrase":  # split by Bible book
+        assert not set(meta["train_books"]) & set(meta["test_books"])
+        for rows, books in ((task.train, meta["train_books"]), (task.test, meta["test_books"])):
+            assert {v // gpt1_tasks.BOOK for r in rows for v in r["verses"]} <= set(books)
+            assert all((r["verses"][0] == r["verses"][1]) == (r["label"] == 1) for r in rows)
+            adjacent = sum(abs(r["verses"][0] - r["verses"][1]) == 1 for r in rows)
+            assert 0.1 * len(rows) < adjacent < 0.3 * len(rows)  # up to half the negatives: a neighbour verse
+        return
     assert not set(meta["train_templates"]) & set(meta["test_templates"])
     assert {t for r in task.train for t in r["templates"]} <= set(meta["train_templates"])
     assert {t for r in task.test for t in r["templates"]} <= set(meta["test_templates"])
@@ -94,7 +104,9 @@ def test_split_is_disjoint_by_source_or_template_name_value(task: TaskSet) -> No
 
 def test_shortcut_baselines_stay_near_chance(task: TaskSet) -> None:
     scores = shortcut_baselines(task)
-    shortcuts = {k: v for k, v in scores.items() if k not in ("chance", "majority")}
+    # two translations of one verse share names and content words: overlap is the real signal there
+    real_signal = {"word_overlap"} if task.name == "paraphrase" else set()
+    shortcuts = {k: v for k, v in scores.items() if k not in {"chance", "majority", *real_signal}}
     assert shortcuts  # every format reports at least one shortcut
     for name, acc in shortcuts.items():
         assert acc < scores["chance"] + 0.1, (task.name, name, acc)
@@ -115,7 +127,7 @@ def test_deterministic_and_copied() -> None:
 @pytest.mark.parametrize("name", EASY)
 def test_easy_level_is_deterministic_and_simpler(name: str) -> None:
     easy, full = load_task(name, seed=0, level="easy"), load_task(name, seed=0, level="full")
-    if name == "paraphrase":  # rebuilt past the per-process cache: the same seed gives the same rows
+    if name == "paraphrase_synth":  # rebuilt past the per-process cache: the same seed gives the same rows
         assert gpt1_tasks._cached.__wrapped__(name, 0, "easy").test == easy.test
     assert easy.meta["level"] == "easy" and full.meta["level"] == "full"
     assert easy.train != full.train
@@ -132,8 +144,8 @@ def test_easy_level_is_deterministic_and_simpler(name: str) -> None:
     assert max(len(_words(r[first]) & people) for r in rows) == (2 if name == "nli" else 1)
 
 
-def test_sentiment_and_cloze_are_the_same_at_every_level() -> None:
-    for name in ("sentiment", "cloze"):
+def test_sentiment_paraphrase_and_cloze_are_the_same_at_every_level() -> None:
+    for name in ("sentiment", "paraphrase", "cloze"):
         sets = [load_task(name, seed=0, level=level) for level in LEVELS]
         assert all(s.train == sets[0].train and s.test == sets[0].test for s in sets)
         assert [s.meta["level"] for s in sets] == list(LEVELS)
@@ -141,8 +153,8 @@ def test_sentiment_and_cloze_are_the_same_at_every_level() -> None:
 
 def test_finetune_config_level_reaches_the_task() -> None:
     assert FinetuneConfig().level == "full"
-    cfg = load_config(FinetuneConfig, None, ["task=paraphrase", "level=easy"])
-    assert build_task(cfg).train == load_task("paraphrase", level="easy").train
+    cfg = load_config(FinetuneConfig, None, ["task=paraphrase_synth", "level=easy"])
+    assert build_task(cfg).train == load_task("paraphrase_synth", level="easy").train
     with pytest.raises(ValueError, match="level must be one of"):
         load_config(FinetuneConfig, None, ["level=hard"])
 
@@ -190,6 +202,27 @@ def test_parse_play_keeps_speech_lines_only() -> None:
         "**A**  \nFirst line,  \nsecond \\[line\\].\n\n_Exit B_\n\nThird line.\n\n**B**  \nReply.\n"
     )
     assert parse_play(md) == [["First line,", "second [line]."], ["Third line."], ["Reply."]]
+
+
+def test_parse_pythonbible_reads_verses_by_offset() -> None:
+    body = "1. In the beginning.  2. God`s  light.\n3. Dark."
+    module = (
+        'from pythonbible.bible.bible import Bible\n\nbible = Bible(\n    Version.X,\n    """'
+        + body
+        + '""",\n'
+        "    {\n        1001001: 0,\n        1001002: 20,\n        2003004: 39,\n    },\n"
+        "    {\n        1001001: 20,\n        1001002: 38,\n        2003004: 47,\n    },\n"
+        '    {\n        Book.GENESIS: "Genesis",\n    },\n)\n'
+    )
+    assert parse_pythonbible(module) == {
+        1001001: "In the beginning.",
+        1001002: "God's light.",
+        2003004: "Dark.",
+    }
+    with pytest.raises(ValueError, match="no triple-quoted verse text"):
+        parse_pythonbible("bible = Bible()")
+    with pytest.raises(ValueError, match="start and end offset tables"):
+        parse_pythonbible('x = """1. a"""\n{\n        1001001: 0,\n}')
 
 
 @pytest.mark.parametrize(

@@ -236,7 +236,7 @@ def cmd_finetune(args: argparse.Namespace, cfg: Any) -> None:
 
 def add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", help="base checkpoint (runs/NAME/pretrain/ckpt)")
-    p.add_argument("--task", help="built-in task: sentiment, nli, paraphrase, cloze")
+    p.add_argument("--task", help="built-in task: sentiment, nli, paraphrase, cloze, paraphrase_synth")
     p.add_argument("--data", help="your own task JSONL (format inferred, or format=...)")
 
 

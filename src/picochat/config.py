@@ -488,11 +488,11 @@ class FinetuneConfig:
     ckpt: str = ""
     """base checkpoint directory (also --ckpt)"""
     task: str = "sentiment"
-    """built-in task: sentiment, nli, paraphrase, cloze (also --task); ignored when data is given"""
+    """built-in task: sentiment, nli, paraphrase, cloze, paraphrase_synth (also --task); ignored with data"""
     task_seed: int = 0
     """seed of the built-in task generator (fixes its train/test split)"""
     level: str = "full"
-    """difficulty of the built-in nli/paraphrase/cloze sets: full, or easy (within a tiny model's reach)"""
+    """difficulty of the built-in nli and paraphrase_synth sets: full, or easy (fewer people, facts, slots)"""
     data: str = ""
     """your own task JSONL (also --data); rows as in picochat.data.gpt1_tasks"""
     test_data: str = ""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -426,11 +426,13 @@ def run_finetune_all(
     tasks: Sequence[str] = tuple(TASKS),
     overrides: Sequence[str] = (),
     resume: bool = False,
+    task_overrides: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the base on each built-in task into out_dir/<task>/; returns {task: summary} plus a table.
 
     A task whose summary.json exists is not retrained (rerunning continues an interrupted run).
-    `overrides` are FinetuneConfig key=value strings applied to every task."""
+    `overrides` are FinetuneConfig key=value strings applied to every task, then `task_overrides[name]`
+    to that task alone (a task that needs more steps than the others, say)."""
     from picochat.config import load_config
 
     out_dir = Path(out_dir)
@@ -441,7 +443,8 @@ def run_finetune_all(
         if done.is_file():
             results[name] = json.loads(done.read_text())
             continue
-        cfg = load_config(FinetuneConfig, None, [f"ckpt={base_ckpt}", f"task={name}", *overrides])
+        own = (task_overrides or {}).get(name, ())
+        cfg = load_config(FinetuneConfig, None, [f"ckpt={base_ckpt}", f"task={name}", *overrides, *own])
         results[name] = finetune(cfg, task_dir, resume=resume)
     table = [
         {k: results[n][k] for k in ("task", "format", "accuracy", "chance", "train_accuracy", "wall_s")}
