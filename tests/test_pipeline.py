@@ -59,6 +59,8 @@ def test_report_numbers_are_the_logged_ones(run_dir: Path) -> None:
     assert abs(pretrain["val/bpb"] - last_val["val/bpb"]) < 1e-9
     rm = json.loads((run_dir / "rm" / "summary.json").read_text())
     assert f"| RM held-out pairwise accuracy | {rm['rm/accuracy']:.3f} |" in report
+    for family, row in rm["rm/per_family"].items():
+        assert f"| {family} | {row['accuracy']:.3f} | {row['n_pairs']:,} |" in report
     ppo = json.loads((run_dir / "ppo" / "summary.json").read_text())
     winrate = json.loads((run_dir / "ppo" / "winrate.json").read_text())
     assert ppo["winrate/win_rate"] == winrate["win_rate"]
