@@ -228,7 +228,11 @@ def section_rm(root: Path) -> str:
     families = summary.get("rm/per_family") or summary.get("per_family")
     if isinstance(families, dict):
         fam_rows = [
-            [k, v.get("accuracy") if isinstance(v, dict) else v, v.get("n_pairs") if isinstance(v, dict) else ""]
+            [
+                k,
+                v.get("accuracy") if isinstance(v, dict) else v,
+                v.get("n_pairs") if isinstance(v, dict) else "",
+            ]
             for k, v in families.items()
         ]
         out += [
