@@ -33,7 +33,8 @@ Built-in tasks (all offline and deterministic in `seed`; shared/DATA.md sections
   the first sentence's templates so that only one word changes (PAWS-style), which keeps word overlap from
   giving the label away. Held-out templates, names and values in test. It was the default similarity task
   until measured: from the tiny pipeline base it stays at chance however long it trains (0.48-0.54 after
-  300-1200 steps, also from a base pre-trained 10x longer), so it is kept as the control DATA.md §3(c) asks for.
+  300-1200 steps, also from a base pre-trained 10x longer), so it is kept as the control that DATA.md
+  §3(c) asks for.
 - "cloze" (multiple choice, 4 answers): three consecutive lines of one Shakespeare speech, the true next line
   against three lines of similar length from other speeches of the same play (ROCStories-style story cloze,
   shared/DATA.md 3(d)). Split by play; the right answer's position is balanced.
@@ -71,7 +72,7 @@ FORMATS = ("classification", "entailment", "similarity", "multiple_choice")
 TASKS = ["sentiment", "nli", "paraphrase", "cloze"]  # one per GPT-1 format: what the pipeline runs
 EXTRA_TASKS = ["paraphrase_synth"]  # built in too, not run by default (module docstring)
 LEVELS = ("full", "easy")  # difficulty of the built-in sets; "full" is the default (module docstring)
-GENERATOR_VERSION = 1  # bump when any built-in recipe changes; part of every task's meta
+GENERATOR_VERSION = 2  # bump when a built-in recipe changes; in every task's meta (2: Bible paraphrase)
 
 ENTAIL, NEUTRAL, CONTRADICT = 0, 1, 2
 NLI_LABELS = ["entailment", "neutral", "contradiction"]
@@ -264,7 +265,8 @@ def _verse_pair(
 ) -> dict:
     """A paraphrase (1): verse `vid` in both translations; or a negative (0): `vid` in one translation and,
     half the time, the next or previous verse of its chapter if the split has one (shares names and topic:
-    hard), else a random verse of the split, in the other. Which translation comes first is random, so style says nothing."""
+    hard), else a random verse of the split, in the other. Which translation comes first is random, so the
+    style of either says nothing about the label."""
     other = vid
     if label == 0:
         neighbours = [u for u in (vid + 1, vid - 1) if u in in_pool]
@@ -305,6 +307,7 @@ def _build_paraphrase(
         train=out["train"],
         test=out["test"],
         meta={
+            "generator_version": GENERATOR_VERSION,
             "sources": [f"{pkg} 0.0.2" for pkg in BIBLE_PACKAGES.values()],
             "train_books": sorted(set(books) - test_books),
             "test_books": sorted(test_books),
@@ -963,7 +966,8 @@ def load_task(name: str, seed: int = 0, level: str = "full") -> TaskSet:
     are the same at every level), deterministic in `seed`; built once per process, then copied."""
     if name not in _BUILDERS:
         raise ValueError(
-            f"unknown GPT-1 task {name!r}; choose one of {TASKS + EXTRA_TASKS}, or pass your own JSONL with --data"
+            f"unknown GPT-1 task {name!r}; choose one of {TASKS + EXTRA_TASKS}, "
+            "or pass your own JSONL with --data"
         )
     if level not in LEVELS:
         raise ValueError(f"unknown task level {level!r}; choose one of {list(LEVELS)}")
