@@ -85,6 +85,8 @@ def test_split_is_disjoint_by_source_or_template_name_value(task: TaskSet) -> No
             assert all((r["verses"][0] == r["verses"][1]) == (r["label"] == 1) for r in rows)
             adjacent = sum(abs(r["verses"][0] - r["verses"][1]) == 1 for r in rows)
             assert 0.1 * len(rows) < adjacent < 0.3 * len(rows)  # up to half the negatives: a neighbour verse
+        train_texts = {r[k] for r in task.train for k in ("a", "b")}
+        assert not any(r[k] in train_texts for r in task.test for k in ("a", "b"))  # no parallel passages
         return
     assert not set(meta["train_templates"]) & set(meta["test_templates"])
     assert {t for r in task.train for t in r["templates"]} <= set(meta["train_templates"])
