@@ -260,10 +260,11 @@ def stage_eval(ctx: Context) -> dict[str, Any]:
 
 
 def stage_finetune(ctx: Context) -> dict[str, Any]:
+    from picochat.data.gpt1_tasks import TASKS
     from picochat.train.finetune import run_finetune_all
 
     preset = PIPELINE_PRESETS[ctx.cfg.preset].get("finetune", {})
-    tasks = preset.get("tasks", ("sentiment", "nli", "paraphrase", "cloze"))
+    tasks = preset.get("tasks", TASKS)
     # per task: the preset's common settings, its settings for that task, then the seed and the user's own
     last = [f"run.seed={ctx.cfg.seed}", *ctx.overrides.get("finetune", [])]
     per_task = {name: [*preset.get("task_overrides", {}).get(name, []), *last] for name in tasks}
