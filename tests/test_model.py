@@ -11,6 +11,7 @@ from picochat.model import (
     IGNORE_INDEX,
     GPTConfig,
     KVCache,
+    chunked_lm_nll,
     count_params,
     flops_per_token,
     segment_positions,
@@ -81,6 +82,68 @@ def test_loss_ignores_ignore_index(micro_model: GPT) -> None:
     logits, loss = micro_model(x, y)
     ref = F.cross_entropy(logits[:, 5:].reshape(-1, logits.size(-1)), y[:, 5:].reshape(-1))
     assert torch.allclose(loss, ref)
+
+
+def _grads(model: GPT) -> list[torch.Tensor]:
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_loss_only_forward_equals_the_plain_loss_in_value_and_gradient(
+    micro_model: GPT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """return_logits=False takes the chunked head + cross-entropy on CPU: same mean loss, same gradients
+    (the tied embedding gets both its input and its output share), chunks that do not divide the rows."""
+    monkeypatch.setattr("picochat.model.CE_CHUNK_ELEMENTS", micro_model.config.vocab_size * 7)
+    torch.manual_seed(0)
+    x = torch.randint(0, 100, (3, 20))
+    y = torch.randint(0, 100, (3, 20))
+    y[0, :8] = IGNORE_INDEX
+    logits, ref = micro_model(x, targets=y)
+    ref.backward()
+    ref_grads = _grads(micro_model)
+    none, loss = micro_model(x, targets=y, return_logits=False)
+    loss.backward()
+    assert none is None and logits is not None
+    assert torch.allclose(loss, ref, atol=1e-6)
+    for got, want in zip(_grads(micro_model), ref_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    with torch.no_grad():  # evaluation: the loss only, same value
+        assert torch.allclose(micro_model(x, targets=y, return_logits=False)[1], ref, atol=1e-6)
+
+
+def test_chunked_lm_nll_row_weights_and_bf16_autocast() -> None:
+    """Per-row weights (the GPT-1 per-example mean) match the weighted reference; under bf16 autocast the
+    value and gradients match autocast's own bf16 head within bf16 rounding."""
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    y = torch.randint(0, 50, (37,))
+    row_w = torch.rand(37)
+    (row_w * F.cross_entropy(h @ w.t(), y, reduction="none")).sum().backward()
+    ref = [h.grad.clone(), w.grad.clone()]
+    h.grad = w.grad = None
+    chunked_lm_nll(h, w, y, row_w).backward()
+    assert torch.allclose(h.grad, ref[0], atol=1e-5) and torch.allclose(w.grad, ref[1], atol=1e-5)
+    h.grad = w.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.cross_entropy((h @ w.t()).float(), y)
+        chunked = chunked_lm_nll(h, w, y, torch.full((37,), 1 / 37))
+    plain.backward()
+    ref = [h.grad.clone(), w.grad.clone()]
+    h.grad = w.grad = None
+    chunked.backward()
+    assert abs(float(chunked) - float(plain)) < 1e-3 * float(plain)
+    for got, want in zip((h.grad, w.grad), ref, strict=True):
+        assert float((got - want).abs().max()) < 0.02 * float(want.abs().max())
+
+
+def test_loss_only_forward_without_targets_is_a_connected_zero(micro_model: GPT) -> None:
+    x = torch.randint(0, 100, (2, 6))
+    _, loss = micro_model(x, targets=torch.full_like(x, IGNORE_INDEX), return_logits=False)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and micro_model.wte.weight.grad is not None
 
 
 @pytest.mark.parametrize("attention", ["dense", "alternating"])

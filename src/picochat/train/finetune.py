@@ -186,21 +186,16 @@ def lm_targets(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return targets
 
 
-def example_lm_nll(
+def aux_lm_nll(
     model: GPT, hidden: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, n_seq: int
 ) -> torch.Tensor:
-    """Mean next-token NLL over the real tokens of each example's sequences, (B,). GPT-1's L1 on task data.
-    The LM head runs only on positions that have a target."""
+    """Σ over examples of the mean next-token NLL over the real tokens of each example's sequences: GPT-1's
+    L1 on task data. The LM head runs only on positions that have a target (`GPT.weighted_lm_nll`)."""
     targets = lm_targets(ids, lengths)  # (N, T-1)
     keep = targets != IGNORE_INDEX
-    logits = model.lm_head(hidden[:, :-1][keep])  # (M, V) for the M real target positions
-    nll = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # (M,)
-    per_seq = torch.zeros(ids.shape[0], device=ids.device, dtype=nll.dtype).index_put(
-        (keep.nonzero()[:, 0],), nll, accumulate=True
-    )  # (N,)
-    per_example = per_seq.view(-1, n_seq).sum(1)  # (B,)
-    counts = keep.sum(1).view(-1, n_seq).sum(1).clamp(min=1)  # (B,)
-    return per_example / counts
+    counts = keep.sum(1).view(-1, n_seq).sum(1).clamp(min=1)  # (B,) target tokens per example
+    row_weights = (1.0 / counts.float()).repeat_interleave(n_seq)[:, None].expand_as(keep)[keep]  # (M,)
+    return model.weighted_lm_nll(hidden[:, :-1][keep], targets[keep], row_weights)
 
 
 def finetune_loss(model: nn.Module, batch: TaskBatch, aux_lm_weight: float) -> StepOut:
@@ -214,9 +209,9 @@ def finetune_loss(model: nn.Module, batch: TaskBatch, aux_lm_weight: float) -> S
     loss_sum = cls.sum()
     metrics = {"cls_loss": float(cls.detach().sum()), "correct": float((logits.argmax(-1) == labels).sum())}
     if aux_lm_weight > 0:
-        lm = example_lm_nll(gpt, hidden, ids, lengths, batch.n_seq)  # (B,)
-        loss_sum = loss_sum + aux_lm_weight * lm.sum()
-        metrics["lm_loss"] = float(lm.detach().sum())
+        lm = aux_lm_nll(gpt, hidden, ids, lengths, batch.n_seq)  # Σ_examples L1_example
+        loss_sum = loss_sum + aux_lm_weight * lm
+        metrics["lm_loss"] = float(lm.detach())
     return StepOut(loss_sum=loss_sum, n_items=len(labels), n_tokens=int(lengths.sum()), metrics=metrics)
 
 
@@ -460,8 +455,8 @@ def run_finetune_all(
 
 
 __all__ = [
-    "Example", "ExampleBatches", "FinetuneLoss", "HeldOutEval", "TaskBatch", "accuracy", "build_task",
-    "chance_accuracy", "classify_logits", "collate", "encode_example", "encode_rows", "example_lm_nll",
+    "Example", "ExampleBatches", "FinetuneLoss", "HeldOutEval", "TaskBatch", "accuracy", "aux_lm_nll",
+    "build_task", "chance_accuracy", "classify_logits", "collate", "encode_example", "encode_rows",
     "extract_states", "finetune", "finetune_loss", "fit_pair", "fit_symmetric", "head_logits", "lm_targets",
     "predict", "run_finetune_all",
 ]  # fmt: skip

@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -525,8 +524,8 @@ class Optimizers:
 def ptx_loss(policy: nn.Module, windows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy on pre-training windows = -E_pretrain[log π(x)]."""
     x, y = (t.to(policy.lm_head.weight.device) for t in windows)
-    logits, _ = policy(x)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    _, loss = policy(x, targets=y, return_logits=False)
+    return loss
 
 
 def minibatch_step(
@@ -813,7 +812,7 @@ def open_ptx(
 @torch.no_grad()
 def heldout_lm_loss(policy: GPT, windows: Any, dev_dtype: Any) -> float:
     device, dtype = dev_dtype
-    with autocast(device, dtype):
+    with torch.no_grad(), autocast(device, dtype):
         losses = [float(ptx_loss(policy, w)) for w in windows]
     return sum(losses) / len(losses)
 

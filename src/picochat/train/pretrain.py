@@ -136,9 +136,10 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> StepO
     x, y = batch
     device = next(model.parameters()).device
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    logits, mean_loss = model(x, targets=y)
+    logits, mean_loss = model(x, targets=y, return_logits=False)  # logits None on CPU: see GPT.forward
     n = int((y != IGNORE_INDEX).sum())  # after the forward is queued: on a GPU this sync overlaps it
-    loss_sum = mean_loss * n if n else logits.sum() * 0.0  # no targets: a zero that keeps the graph
+    # no targets: a zero that keeps the graph (the plain path's mean is NaN then)
+    loss_sum = mean_loss * n if n else (logits if logits is not None else mean_loss).sum() * 0.0
     return StepOut(loss_sum=loss_sum, n_items=n, n_tokens=x.numel())
 
 
