@@ -184,6 +184,30 @@ def test_ptx_without_data_dir_is_an_error(toy_policy: tuple[GPT, Tokenizer], tmp
         )
 
 
+def test_heldout_lm_windows_do_not_depend_on_ptx_batch(tmp_path: Path) -> None:
+    """PPO and PPO-ptx report held-out LM loss on the same text whatever ppo.ptx_batch is (the report puts
+    both rows side by side); the ptx training windows do follow ptx_batch."""
+    from picochat.config import CorpusConfig
+    from picochat.train.ppo import HELDOUT_LM_WINDOWS, open_ptx
+    from picochat.train.pretrain import prepare_data
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "".join(f"Line {i}: the {w} is {i % 13} acts long.\n" for i, w in enumerate(WORDS * 100))
+    )
+    data = prepare_data(
+        CorpusConfig(path=str(corpus), vocab_size=300, val_fraction=0.2), tmp_path / "data", log=print
+    )
+    held = {}
+    for batch in (1, 2, 4):
+        cfg = toy_config(ptx_coef=0.1, ptx_batch=batch, ptx_block=16)
+        source, held[batch] = open_ptx(cfg, str(tmp_path / "data"), 32, data.tok)
+        assert source.next_batch()[0].shape == (batch, 16)
+    assert len(held[1]) == HELDOUT_LM_WINDOWS[0]
+    for batch in (2, 4):
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(held[1], held[batch], strict=True))
+
+
 def test_win_rate_counts_ties_half_and_has_an_interval() -> None:
     res = compare([1.0, 0.5, 0.2, 0.0], [0.0, 0.5, 0.9, 0.0])
     assert res["win_rate"] == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)

@@ -109,6 +109,7 @@ POLICY_DIR = "ckpt"
 VALUE_DIR = "value"
 SNAPSHOT_DIR = "snapshots"
 RANK_SEED_STRIDE = 1_000_003  # added per rank to the rollout seeds (rank 0 = one process)
+HELDOUT_LM_WINDOWS = (4, 4)  # held-out LM loss: batches x windows, fixed so PPO and PPO-ptx share the text
 
 
 @dataclass(frozen=True, slots=True)
@@ -806,13 +807,14 @@ def open_ptx(
         if cfg.ppo.ptx_coef > 0
         else None
     )
-    return source, eval_windows(data.val_ids, block, cfg.ppo.ptx_batch, 4)
+    n_batches, per_batch = HELDOUT_LM_WINDOWS
+    return source, eval_windows(data.val_ids, block, per_batch, n_batches)
 
 
 @torch.no_grad()
 def heldout_lm_loss(policy: GPT, windows: Any, dev_dtype: Any) -> float:
     device, dtype = dev_dtype
-    with torch.no_grad(), autocast(device, dtype):
+    with autocast(device, dtype):
         losses = [float(ptx_loss(policy, w)) for w in windows]
     return sum(losses) / len(losses)
 
