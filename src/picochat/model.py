@@ -573,8 +573,8 @@ __all__ = [
     "IGNORE_INDEX",
     "KVCache",
     "PRESETS",
+    "chunked_lm_nll",
     "count_params",
     "flops_per_token",
-    "chunked_lm_nll",
     "with_head",
 ]
