@@ -329,6 +329,30 @@ def _compute_dtype(h: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else h.dtype
 
 
+def _chunked_pass(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, row_weights: torch.Tensor, want_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(Σ_t w_t·NLL_t, dL/dh, dL/dW) over h chunk by chunk; the gradients are None unless asked for."""
+    dtype = _compute_dtype(h)
+    with torch.autocast(h.device.type, enabled=False):
+        w = weight.to(dtype)
+        grad_h = torch.empty_like(h) if want_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        chunk = max(1, CE_CHUNK_ELEMENTS // weight.shape[0])
+        for s in range(0, h.shape[0], chunk):
+            hc = h[s : s + chunk].to(dtype)
+            part, g = _chunk_nll_and_grad(
+                (hc @ w.t()).float(), targets[s : s + chunk], row_weights[s : s + chunk], want_grad
+            )
+            total += part
+            if g is not None:
+                g = g.to(dtype)
+                grad_h[s : s + chunk] = g @ w  # type: ignore[index]
+                grad_w += g.t() @ hc if dtype == torch.float32 else (g.t() @ hc).float()  # type: ignore[operator]
+    return total, grad_h, grad_w
+
+
 class _ChunkedLMNLL(torch.autograd.Function):
     """Σ_t w_t·NLL_t of the tied LM head; forward also computes both gradients, backward scales them."""
 
@@ -336,23 +360,8 @@ class _ChunkedLMNLL(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, row_weights: torch.Tensor
     ) -> torch.Tensor:
-        dtype = _compute_dtype(h)
-        with torch.autocast(h.device.type, enabled=False):
-            w = weight.to(dtype)
-            grad_h = torch.empty_like(h)
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-            total = torch.zeros((), dtype=torch.float32, device=h.device)
-            chunk = max(1, CE_CHUNK_ELEMENTS // weight.shape[0])
-            for s in range(0, h.shape[0], chunk):
-                hc = h[s : s + chunk].to(dtype)
-                part, g = _chunk_nll_and_grad(
-                    (hc @ w.t()).float(), targets[s : s + chunk], row_weights[s : s + chunk], True
-                )
-                total += part
-                g = g.to(dtype)  # type: ignore[union-attr]
-                grad_h[s : s + chunk] = g @ w
-                grad_w += g.t() @ hc if dtype == torch.float32 else (g.t() @ hc).float()
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        total, grad_h, grad_w = _chunked_pass(h, weight, targets, row_weights, want_grad=True)
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))  # type: ignore[union-attr]
         return total
 
     @staticmethod
@@ -369,14 +378,7 @@ def chunked_lm_nll(
     `(row_weights * F.cross_entropy(h @ W.T, targets, reduction="none")).sum()` in value and gradient."""
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _ChunkedLMNLL.apply(h, weight, targets, row_weights)
-    dtype = _compute_dtype(h)
-    w = weight.to(dtype)
-    chunk = max(1, CE_CHUNK_ELEMENTS // weight.shape[0])
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
-    for s in range(0, h.shape[0], chunk):
-        logits = (h[s : s + chunk].to(dtype) @ w.t()).float()
-        total += _chunk_nll_and_grad(logits, targets[s : s + chunk], row_weights[s : s + chunk], False)[0]
-    return total
+    return _chunked_pass(h, weight, targets, row_weights, want_grad=False)[0]
 
 
 class GPT(nn.Module):
@@ -509,7 +511,7 @@ class GPT(nn.Module):
             if len(kept_targets) == 0:
                 return None, hidden.sum() * 0.0  # no targets: a zero that keeps the graph
             weights = torch.full_like(kept_targets, 1.0 / len(kept_targets), dtype=torch.float32)
-            return None, chunked_lm_nll(rows, self.lm_head.weight, kept_targets, weights)
+            return None, self.weighted_lm_nll(rows, kept_targets, weights)
         logits = self.lm_head(hidden)  # (B, T, V)
         if targets is None:
             return logits, None
