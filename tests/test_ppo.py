@@ -162,6 +162,26 @@ def test_reward_model_path_scores_the_last_token(toy_policy: tuple[GPT, Tokenize
     assert math.isfinite(rec["ppo/reward_rm"])
 
 
+def test_critic_from_the_rm_predicts_normalised_scores(toy_policy: tuple[GPT, Tokenizer]) -> None:
+    """The critic copies the RM's trunk, and its head is rescaled so that it outputs the score PPO trains
+    on, (raw - shift) / scale, at every position; the RM itself is untouched."""
+    from picochat.train.ppo import critic_from_reward_model
+
+    model, _ = toy_policy
+    torch.manual_seed(0)
+    rm = with_head(model, 1)
+    torch.nn.init.normal_(rm.head.weight, std=1.0)
+    torch.nn.init.constant_(rm.head.bias, 3.0)
+    before = rm.head.weight.clone()
+    critic = critic_from_reward_model(rm, (0.5, 4.0))
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        raw = rm.head_outputs(rm.hidden(ids))
+        value = critic.head_outputs(critic.hidden(ids))
+    torch.testing.assert_close(value, (raw - 0.5) / 4.0)
+    assert torch.equal(rm.head.weight, before)
+
+
 def test_config_errors_name_the_field() -> None:
     with pytest.raises(ConfigError, match="minibatch"):
         load_config(PPOConfig, None, ["ppo.rollout_batch=10", "ppo.minibatch=4"])

@@ -26,8 +26,9 @@ Deviations and choices:
   gradients and stats equal the padded layout's up to float rounding. ppo.pack=false: each episode is
   its own left-padded row, minus the padding columns none of the micro-batch uses (`trimmed_rows`).
   Either way micro-batches group episodes of similar prompt length (`by_prompt_length`).
-- The critic is a separate GPT initialised from the reward model (InstructGPT §3.5); with a python reward
-  function instead of an RM (toys and tests) it starts from the policy's trunk with a fresh head.
+- The critic is a separate GPT initialised from the reward model (InstructGPT §3.5), its head divided by
+  the RM's std so that it starts in the units of the normalised score; with a python reward function
+  instead of an RM (toys and tests) it starts from the policy's trunk with a fresh head.
   `value.share_trunk=true` puts the value head on the policy (one optimizer, loss pg + vf_coef·vf).
 - Dropout is off during PPO (every model is in eval mode), so the first epoch's ratios are exactly 1.
 - The policy LR schedule is the shared warmup+cosine over the derived number of optimizer steps; the
@@ -191,6 +192,22 @@ def load_reward_model(path: str | Path, device: torch.device) -> tuple[GPT, tupl
     return model.requires_grad_(False), (0.0, std)
 
 
+def critic_from_reward_model(rm: GPT, norm: tuple[float, float]) -> GPT:
+    """A trainable copy of the RM whose head gives the NORMALISED score (raw − shift) / scale.
+
+    The critic learns returns made of normalised scores; a head left in the RM's raw units (std ~6 on the
+    tiny pipeline) starts with value errors of that size, so the first iterations' advantages are noise
+    while the critic shrinks its outputs (measured: explained variance −5 and 80% of value updates
+    clipped at the start)."""
+    critic = with_head(rm, 1)
+    shift, scale = norm
+    assert critic.head is not None
+    with torch.no_grad():
+        critic.head.weight.div_(scale)
+        critic.head.bias.sub_(shift).div_(scale)
+    return critic
+
+
 def build_models(
     cfg: PPOConfig,
     device: torch.device,
@@ -221,8 +238,10 @@ def build_models(
         ref = copy.deepcopy(policy).requires_grad_(False)
     if cfg.value.share_trunk:
         policy, critic = with_head(policy, 1).eval(), None
+    elif rm is not None:
+        critic = critic_from_reward_model(rm, norm).eval().requires_grad_(True)
     else:
-        critic = with_head(rm if rm is not None else policy, 1).eval().requires_grad_(True)
+        critic = with_head(policy, 1).eval().requires_grad_(True)
     return Models(policy=policy, ref=ref, critic=critic, tok=tok, rm=rm, rm_norm=norm, reward_fn=reward_fn)
 
 
