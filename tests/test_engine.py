@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from picochat.engine import Engine, SamplingParams, TextStreamer, sample_next
+from picochat.engine import (
+    Engine,
+    PackedLinears,
+    SamplingParams,
+    TextStreamer,
+    packed_linear_supported,
+    sample_next,
+)
 from picochat.model import GPT, GPTConfig
 
 
@@ -21,7 +28,7 @@ def test_greedy_with_cache_equals_without_and_batched_equals_single(tok, attenti
     model = GPT(
         GPTConfig.from_preset("micro", vocab_size=tok.vocab_size, attention=attention, window=6)
     ).eval()
-    engine = Engine(model, tok)
+    engine = Engine(model, tok, packed_decode=False)  # the same kernels as the reference forward
     prompts = [tok.encode("ROMEO: But soft"), tok.encode("O"), tok.encode("The quick brown fox jumps over")]
     params = SamplingParams(max_new_tokens=16, temperature=0)
     batched = engine.generate_ids(prompts, params, stop_ids=[])
@@ -106,3 +113,49 @@ def test_text_streamer_holds_back_stop_string_prefix(tok) -> None:
     pieces = [streamer.push(i) for i in ids]
     assert "".join(pieces) == "hello "
     assert streamer.finished
+
+
+needs_onednn = pytest.mark.skipif(
+    not packed_linear_supported(), reason="this torch build has no oneDNN linear ops"
+)
+
+
+@needs_onednn
+def test_packed_linears_match_f_linear_and_follow_weight_updates(tok) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size)).eval()
+    ids = torch.randint(0, tok.vocab_size, (3, 5))
+    packed = PackedLinears(model)
+    with torch.inference_mode():
+        plain = model(ids)[0]
+        with packed.active():
+            fast = model(ids)[0]
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+        assert all("forward" not in m.__dict__ for m in packed.linears)  # the modules' own forward again
+        with torch.no_grad():
+            model.h[0].mlp.c_fc.weight.mul_(2.0)  # an in-place update, like an optimizer step
+        plain = model(ids)[0]
+        with packed.active():
+            fast = model(ids)[0]
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_packed_decode_generates_like_plain_decode(tok) -> None:
+    """Forced on, the packed path runs every decode step; its sampled tokens equal the plain path's
+    (the logits differ only in float rounding)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size)).eval()
+    prompts = [tok.encode("ROMEO: But soft"), tok.encode("The quick")]
+    params = SamplingParams(max_new_tokens=12, temperature=1.0)
+    fast = Engine(model, tok, packed_decode=True)
+    out = fast.generate_ids(prompts, params, stop_ids=[], seed=1)
+    assert fast._packed is not None and len(fast._packed._packed) == len(fast._packed.linears)
+    assert out == Engine(model, tok, packed_decode=False).generate_ids(prompts, params, stop_ids=[], seed=1)
+
+
+def test_packed_decode_refuses_what_it_cannot_run(tok) -> None:
+    model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size)).to(torch.bfloat16).eval()
+    with pytest.raises(ValueError, match="packed_decode=True needs fp32"):
+        Engine(model, tok, packed_decode=True).generate_ids([[1, 2]], SamplingParams(max_new_tokens=2))
+    assert len(Engine(model, tok).generate_ids([[1, 2]], SamplingParams(max_new_tokens=2))[0]) == 2

@@ -8,17 +8,25 @@ al., arXiv 1904.09751) uses an explicit `torch.Generator`, so a seed gives the s
 
 `score` returns log p(continuation | prompt) token by token: the zero-shot/few-shot evals (GPT-2/GPT-3
 style multiple choice) and RLHF use it.
+
+CPU decoding through prepacked weights (`PackedLinears`): a decode step multiplies a few rows by every
+weight matrix, memory-bound work where torch's default fp32 path (MKL sgemm on the (out, in) weight) is
+slow on some CPUs; oneDNN with the weight reordered once for a small batch was 1.3-2x faster per matrix
+on the 2-core AMD EPYC of benchmarks/RESULTS.md. The engine times both paths once per model shape and
+uses the packed one only where it measured faster (fp32 on CPU without autocast; never for gradients).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from picochat.model import GPT, KVCache
 from picochat.tokenizer import Tokenizer
@@ -88,10 +96,111 @@ def left_pad(
     return ids.to(device), mask.to(device)
 
 
-class Engine:
-    """Generation and scoring for one model + tokenizer. Stateless between calls."""
+PACK_ROWS_HINT = 8  # oneDNN lays the weight out for this many rows; measured no slower for 1 to 32
+PACK_SPEEDUP = 1.1  # the packed path must beat F.linear by this factor to be chosen
+PACK_TIMING_ROWS = (1, 8)  # decode batch sizes timed for the choice
+_pack_choices: dict[tuple[tuple[int, int], ...], bool] = {}  # linear shapes -> packed path measured faster
 
-    def __init__(self, model: GPT, tok: Tokenizer, autocast_dtype: torch.dtype | None = None) -> None:
+
+def packed_linear_supported() -> bool:
+    """Whether this torch build has the oneDNN ops that prepacked linears need."""
+    ops = torch.ops.mkldnn
+    return torch.backends.mkldnn.is_available() and all(
+        hasattr(ops, name) for name in ("_reorder_linear_weight", "_linear_pointwise")
+    )
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The (out, in) fp32 weight reordered for oneDNN's small-batch matmul."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT)
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, weight, bias) through the packed weight (inference only: no gradient)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _best_seconds(matmul: Callable[[torch.Tensor, int], torch.Tensor], inputs: dict[int, torch.Tensor],
+                  n: int, reps: int = 3) -> float:  # fmt: skip
+    """Best wall time of one pass of matmul(x, i) over i < n, with x the input of weight i's width."""
+
+    def one_pass() -> None:
+        for i in range(n):
+            matmul(inputs[i], i)
+
+    one_pass()  # warm-up: oneDNN builds its kernels on the first call
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        one_pass()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@torch.inference_mode()
+def packed_is_faster(linears: Sequence[nn.Linear]) -> bool:
+    """Time one decode step's matmuls (every linear once, at each of PACK_TIMING_ROWS rows) through
+    F.linear and through packed weights; cached per set of shapes, so each model shape is timed once."""
+    shapes = tuple(sorted({tuple(m.weight.shape) for m in linears}))
+    if shapes not in _pack_choices:
+        weights = [m.weight.detach() for m in linears]
+        biases = [m.bias for m in linears]
+        packed = [pack_weight(w) for w in weights]
+        plain_s = packed_s = 0.0
+        for rows in PACK_TIMING_ROWS:
+            inputs = {i: torch.randn(rows, 1, w.shape[1]) for i, w in enumerate(weights)}
+            plain_s += _best_seconds(lambda x, i: F.linear(x, weights[i], biases[i]), inputs, len(weights))
+            packed_s += _best_seconds(
+                lambda x, i: packed_linear(x, packed[i], biases[i]), inputs, len(weights)
+            )
+        _pack_choices[shapes] = plain_s > PACK_SPEEDUP * packed_s
+    return _pack_choices[shapes]
+
+
+class PackedLinears:
+    """Prepacked copies of a model's nn.Linear weights, used by its forward inside `active()`.
+
+    Inside the context each linear's forward is pointed at `packed_linear` with its packed weight; on exit
+    the module's own forward is back. The parameters are never touched. A weight that changed in place
+    since it was packed (an optimizer step between PPO rollouts, a load_state_dict) is packed again."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self._packed: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}  # id -> (weight version, packed)
+
+    def _packed_weight(self, module: nn.Linear) -> torch.Tensor:
+        w = module.weight
+        version = (w.data_ptr(), w._version)
+        hit = self._packed.get(id(module))
+        if hit is None or hit[0] != version:
+            hit = self._packed[id(module)] = (version, pack_weight(w))
+        return hit[1]
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        for m in self.linears:
+            packed, bias = self._packed_weight(m), m.bias
+            m.forward = lambda x, packed=packed, bias=bias: packed_linear(x, packed, bias)  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            for m in self.linears:
+                m.__dict__.pop("forward", None)
+
+
+class Engine:
+    """Generation and scoring for one model + tokenizer. Stateless between calls (except the cached
+    packed weights of `PackedLinears`, which follow the model's weights)."""
+
+    def __init__(
+        self,
+        model: GPT,
+        tok: Tokenizer,
+        autocast_dtype: torch.dtype | None = None,
+        packed_decode: bool | None = None,
+    ) -> None:
+        """packed_decode: decode steps through prepacked oneDNN weights (True), through F.linear (False),
+        or None: packed where possible (CPU, fp32, no autocast, the ops exist) and measured faster."""
         if tok.vocab_size > model.config.vocab_size:
             raise ValueError(
                 f"tokenizer has {tok.vocab_size} ids but the model only {model.config.vocab_size} embeddings"
@@ -100,6 +209,8 @@ class Engine:
         self.tok = tok
         self.autocast_dtype = autocast_dtype
         self.default_stop_ids = (tok.special_id("<|end|>"), tok.eot_id)
+        self.packed_decode = packed_decode
+        self._packed: PackedLinears | None = None
 
     @property
     def device(self) -> torch.device:
@@ -109,6 +220,26 @@ class Engine:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _decode_weights(self) -> contextlib.AbstractContextManager:
+        """The context a decode step runs in: packed weights when chosen (see the module docstring)."""
+        if self.packed_decode is False:
+            return contextlib.nullcontext()
+        if self._packed is None:
+            possible = (
+                self.device.type == "cpu"
+                and self.autocast_dtype is None
+                and next(self.model.parameters()).dtype == torch.float32
+                and packed_linear_supported()
+            )
+            linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+            if self.packed_decode is True and not possible:
+                raise ValueError("packed_decode=True needs fp32 weights on a CPU with oneDNN and no autocast")
+            if not possible or (self.packed_decode is None and not packed_is_faster(linears)):
+                self.packed_decode = False
+                return contextlib.nullcontext()
+            self._packed = PackedLinears(self.model)
+        return self._packed.active()
 
     def fit_to_context(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[list[int]], int]:
         """Left-truncate prompts (with a warning) so prompt + answer fits the context window."""
@@ -173,7 +304,7 @@ class Engine:
                 return
             if not alive.all():
                 rows, token, cache = rows[alive], token[alive], cache.select_rows(alive)
-            with self._autocast():
+            with self._autocast(), self._decode_weights():
                 logits = self.model(token[:, None], cache=cache)[0][:, -1, :n_ids]
 
     def generate_ids(
