@@ -159,3 +159,16 @@ def test_packed_decode_refuses_what_it_cannot_run(tok) -> None:
     with pytest.raises(ValueError, match="packed_decode=True needs fp32"):
         Engine(model, tok, packed_decode=True).generate_ids([[1, 2]], SamplingParams(max_new_tokens=2))
     assert len(Engine(model, tok).generate_ids([[1, 2]], SamplingParams(max_new_tokens=2))[0]) == 2
+
+
+def test_choosing_the_decode_path_leaves_the_global_rng_alone(tok, micro_model, monkeypatch) -> None:
+    """The one-time timing runs inside a training process (samples during pre-training, PPO rollouts):
+    drawing its inputs from the global RNG would change the run and break exact resume."""
+    import picochat.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_pack_choices", {})  # force the timing to run
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    Engine(micro_model, tok).generate_ids([[1, 2, 3]], SamplingParams(max_new_tokens=3), seed=0)
+    assert torch.equal(torch.rand(3), expected)

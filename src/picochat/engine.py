@@ -19,6 +19,7 @@ uses the packed one only where it measured faster (fp32 on CPU without autocast;
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -102,6 +103,7 @@ PACK_TIMING_ROWS = (1, 8)  # decode batch sizes timed for the choice
 _pack_choices: dict[tuple[tuple[int, int], ...], bool] = {}  # linear shapes -> packed path measured faster
 
 
+@functools.cache
 def packed_linear_supported() -> bool:
     """Whether this torch build has the oneDNN ops that prepacked linears need."""
     ops = torch.ops.mkldnn
@@ -147,8 +149,9 @@ def packed_is_faster(linears: Sequence[nn.Linear]) -> bool:
         biases = [m.bias for m in linears]
         packed = [pack_weight(w) for w in weights]
         plain_s = packed_s = 0.0
+        gen = torch.Generator().manual_seed(0)  # a local generator: timing must not move the global RNG
         for rows in PACK_TIMING_ROWS:
-            inputs = {i: torch.randn(rows, 1, w.shape[1]) for i, w in enumerate(weights)}
+            inputs = {i: torch.randn(rows, 1, w.shape[1], generator=gen) for i, w in enumerate(weights)}
             plain_s += _best_seconds(lambda x, i: F.linear(x, weights[i], biases[i]), inputs, len(weights))
             packed_s += _best_seconds(
                 lambda x, i: packed_linear(x, packed[i], biases[i]), inputs, len(weights)
@@ -210,6 +213,7 @@ class Engine:
         self.autocast_dtype = autocast_dtype
         self.default_stop_ids = (tok.special_id("<|end|>"), tok.eot_id)
         self.packed_decode = packed_decode
+        self._packed_faster: bool | None = None  # the timed choice, made at the first decode step
         self._packed: PackedLinears | None = None
 
     @property
@@ -223,21 +227,22 @@ class Engine:
 
     def _decode_weights(self) -> contextlib.AbstractContextManager:
         """The context a decode step runs in: packed weights when chosen (see the module docstring)."""
-        if self.packed_decode is False:
+        possible = (
+            self.device.type == "cpu"
+            and self.autocast_dtype is None
+            and next(self.model.parameters()).dtype == torch.float32
+            and packed_linear_supported()
+        )
+        if self.packed_decode is True and not possible:
+            raise ValueError("packed_decode=True needs fp32 weights on a CPU with oneDNN and no autocast")
+        if self.packed_decode is False or not possible:
+            return contextlib.nullcontext()
+        if self._packed_faster is None:  # auto, or forced on (then not timed)
+            linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+            self._packed_faster = self.packed_decode is True or packed_is_faster(linears)
+        if not self._packed_faster:
             return contextlib.nullcontext()
         if self._packed is None:
-            possible = (
-                self.device.type == "cpu"
-                and self.autocast_dtype is None
-                and next(self.model.parameters()).dtype == torch.float32
-                and packed_linear_supported()
-            )
-            linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
-            if self.packed_decode is True and not possible:
-                raise ValueError("packed_decode=True needs fp32 weights on a CPU with oneDNN and no autocast")
-            if not possible or (self.packed_decode is None and not packed_is_faster(linears)):
-                self.packed_decode = False
-                return contextlib.nullcontext()
             self._packed = PackedLinears(self.model)
         return self._packed.active()
 
