@@ -131,8 +131,11 @@ PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "optim": {"max_steps": 200, "batch_size": 16, "lr": 2e-3, "warmup_steps": 10},
             "run": {"eval_every": 100, "save_every": 100, "eval_batches": 4, "log_every": 20},
         },
+        # label smoothing 0.1 (same comparisons, 3 seeds): held-out accuracy 0.760 / 0.760 / 0.742 -> 0.778 /
+        # 0.814 / 0.783, shift 0.68 -> 0.74, calibration error 0.135 -> 0.046 (the RM was overconfident)
         "rm": {
             "n_heldout": 192,
+            "label_smoothing": 0.1,
             "collect": {"n_prompts": 1024, "max_new_tokens": 32},
             "optim": {"max_steps": 100, "lr": 1e-3, "warmup_steps": 5},
             "run": {"eval_every": 50, "save_every": 50, "log_every": 10},
