@@ -11,8 +11,8 @@ style multiple choice) and RLHF use it.
 
 CPU decoding through prepacked weights (`PackedLinears`): a decode step multiplies a few rows by every
 weight matrix, memory-bound work where torch's default fp32 path (MKL sgemm on the (out, in) weight) is
-slow on some CPUs; oneDNN with the weight reordered once for a small batch was 1.3-2x faster per matrix
-on the 2-core AMD EPYC of benchmarks/RESULTS.md. The engine times both paths once per model shape and
+slow on some CPUs; oneDNN with the weight reordered once for a small batch was 1.3-2.6x faster per matrix
+(about equal for the MLP's down projection) on the 2-core AMD EPYC of benchmarks/RESULTS.md. The engine times both paths once per model shape and
 uses the packed one only where it measured faster (fp32 on CPU without autocast; never for gradients).
 """
 
