@@ -154,11 +154,18 @@ def test_packed_decode_generates_like_plain_decode(tok) -> None:
     assert out == Engine(model, tok, packed_decode=False).generate_ids(prompts, params, stop_ids=[], seed=1)
 
 
+@needs_onednn
 def test_packed_decode_refuses_what_it_cannot_run(tok) -> None:
     model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size)).to(torch.bfloat16).eval()
     with pytest.raises(ValueError, match="packed_decode=True needs fp32"):
-        Engine(model, tok, packed_decode=True).generate_ids([[1, 2]], SamplingParams(max_new_tokens=2))
-    assert len(Engine(model, tok).generate_ids([[1, 2]], SamplingParams(max_new_tokens=2))[0]) == 2
+        Engine(model, tok, packed_decode=True)
+    forced = Engine(model.float(), tok, packed_decode=True)
+    model.to(torch.bfloat16)  # weights changed dtype after construction: refused at the decode step
+    with pytest.raises(ValueError, match="packed_decode=True needs fp32"):
+        forced.generate_ids([[1, 2]], SamplingParams(max_new_tokens=2), stop_ids=[])
+    assert (
+        len(Engine(model, tok).generate_ids([[1, 2]], SamplingParams(max_new_tokens=2), stop_ids=[])[0]) == 2
+    )
 
 
 def test_choosing_the_decode_path_leaves_the_global_rng_alone(tok, micro_model, monkeypatch) -> None:

@@ -215,6 +215,8 @@ class Engine:
         self.packed_decode = packed_decode
         self._packed_faster: bool | None = None  # the timed choice, made at the first decode step
         self._packed: PackedLinears | None = None
+        if packed_decode:
+            self._packing_possible()  # fail at construction, not at the first decode step
 
     @property
     def device(self) -> torch.device:
@@ -225,8 +227,9 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _decode_weights(self) -> contextlib.AbstractContextManager:
-        """The context a decode step runs in: packed weights when chosen (see the module docstring)."""
+    def _packing_possible(self) -> bool:
+        """Packed decoding needs fp32 weights on a CPU with oneDNN and no autocast; raises when forced on
+        without them."""
         possible = (
             self.device.type == "cpu"
             and self.autocast_dtype is None
@@ -235,7 +238,11 @@ class Engine:
         )
         if self.packed_decode is True and not possible:
             raise ValueError("packed_decode=True needs fp32 weights on a CPU with oneDNN and no autocast")
-        if self.packed_decode is False or not possible:
+        return possible
+
+    def _decode_weights(self) -> contextlib.AbstractContextManager:
+        """The context a decode step runs in: packed weights when chosen (see the module docstring)."""
+        if self.packed_decode is False or not self._packing_possible():
             return contextlib.nullcontext()
         if self._packed_faster is None:  # auto, or forced on (then not timed)
             linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
