@@ -122,22 +122,29 @@ needs_onednn = pytest.mark.skipif(
 
 @needs_onednn
 def test_packed_linears_match_f_linear_and_follow_weight_updates(tok) -> None:
+    """Packed forward == F.linear forward; after a fused AdamW step (which updates the weights in place
+    without bumping their version counters) refresh() repacks, so the packed forward follows."""
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size)).eval()
     ids = torch.randint(0, tok.vocab_size, (3, 5))
     packed = PackedLinears(model)
-    with torch.inference_mode():
-        plain = model(ids)[0]
-        with packed.active():
-            fast = model(ids)[0]
-        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
-        assert all("forward" not in m.__dict__ for m in packed.linears)  # the modules' own forward again
-        with torch.no_grad():
-            model.h[0].mlp.c_fc.weight.mul_(2.0)  # an in-place update, like an optimizer step
-        plain = model(ids)[0]
-        with packed.active():
-            fast = model(ids)[0]
-        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        packed.refresh()
+        with torch.inference_mode():
+            plain = model(ids)[0]
+            with packed.active():
+                return plain, model(ids)[0]
+
+    plain, fast = both()
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    assert all("forward" not in m.__dict__ for m in packed.linears)  # the modules' own forward again
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    model(ids, ids)[1].backward()
+    optimizer.step()
+    after, fast = both()
+    assert not torch.allclose(after, plain)
+    torch.testing.assert_close(fast, after, atol=1e-5, rtol=1e-5)
 
 
 @needs_onednn

@@ -164,25 +164,35 @@ class PackedLinears:
     """Prepacked copies of a model's nn.Linear weights, used by its forward inside `active()`.
 
     Inside the context each linear's forward is pointed at `packed_linear` with its packed weight; on exit
-    the module's own forward is back. The parameters are never touched. A weight that changed in place
-    since it was packed (an optimizer step between PPO rollouts, a load_state_dict) is packed again."""
+    the module's own forward is back. The parameters are never touched. `refresh()` (once per generate
+    call) packs again every weight that changed since it was packed, found by a fingerprint: the weight
+    times a fixed random vector. A version counter would not do: the fused AdamW kernel that the training
+    loop uses updates parameters in place without bumping it (PPO steps the policy between rollouts)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        self._packed: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}  # id -> (weight version, packed)
+        self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (fingerprint, packed)
+        self._probes: dict[int, torch.Tensor] = {}  # in_features -> fixed random vector
 
-    def _packed_weight(self, module: nn.Linear) -> torch.Tensor:
-        w = module.weight
-        version = (w.data_ptr(), w._version)
-        hit = self._packed.get(id(module))
-        if hit is None or hit[0] != version:
-            hit = self._packed[id(module)] = (version, pack_weight(w))
-        return hit[1]
+    def _fingerprint(self, weight: torch.Tensor) -> torch.Tensor:
+        width = weight.shape[1]
+        if width not in self._probes:
+            gen = torch.Generator().manual_seed(width)  # local: must not move the global RNG
+            self._probes[width] = torch.randn(width, generator=gen, dtype=weight.dtype)
+        return torch.mv(weight.detach(), self._probes[width])
+
+    @torch.inference_mode()
+    def refresh(self) -> None:
+        """Pack the weights that are new or changed (one matrix-vector product per weight to check)."""
+        for m in self.linears:
+            fingerprint, hit = self._fingerprint(m.weight), self._packed.get(id(m))
+            if hit is None or not torch.equal(hit[0], fingerprint):
+                self._packed[id(m)] = (fingerprint, pack_weight(m.weight))
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         for m in self.linears:
-            packed, bias = self._packed_weight(m), m.bias
+            packed, bias = self._packed[id(m)][1], m.bias
             m.forward = lambda x, packed=packed, bias=bias: packed_linear(x, packed, bias)  # type: ignore[method-assign]
         try:
             yield
@@ -240,18 +250,19 @@ class Engine:
             raise ValueError("packed_decode=True needs fp32 weights on a CPU with oneDNN and no autocast")
         return possible
 
-    def _decode_weights(self) -> contextlib.AbstractContextManager:
-        """The context a decode step runs in: packed weights when chosen (see the module docstring)."""
+    def _decode_packing(self) -> PackedLinears | None:
+        """The packed weights this generate call decodes with (refreshed), or None for F.linear."""
         if self.packed_decode is False or not self._packing_possible():
-            return contextlib.nullcontext()
+            return None
         if self._packed_faster is None:  # auto, or forced on (then not timed)
             linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
             self._packed_faster = self.packed_decode is True or packed_is_faster(linears)
         if not self._packed_faster:
-            return contextlib.nullcontext()
+            return None
         if self._packed is None:
             self._packed = PackedLinears(self.model)
-        return self._packed.active()
+        self._packed.refresh()
+        return self._packed
 
     def fit_to_context(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[list[int]], int]:
         """Left-truncate prompts (with a warning) so prompt + answer fits the context window."""
@@ -307,6 +318,7 @@ class Engine:
             cache = cache.repeat_rows(num_samples)
             logits = logits.repeat_interleave(num_samples, dim=0)
         rows = torch.arange(logits.shape[0], device=self.device)  # original row id of each batch slot
+        packed = self._decode_packing() if max_new > 1 else None
         for step in range(max_new):
             token = sample_next(logits, params, generator)  # (B,)
             out = list(zip(rows.tolist(), token.tolist(), strict=True))
@@ -316,7 +328,7 @@ class Engine:
                 return
             if not alive.all():
                 rows, token, cache = rows[alive], token[alive], cache.select_rows(alive)
-            with self._autocast(), self._decode_weights():
+            with self._autocast(), packed.active() if packed is not None else contextlib.nullcontext():
                 logits = self.model(token[:, None], cache=cache)[0][:, -1, :n_ids]
 
     def generate_ids(
