@@ -122,19 +122,14 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-def _best_seconds(matmul: Callable[[torch.Tensor, int], torch.Tensor], inputs: dict[int, torch.Tensor],
-                  n: int, reps: int = 3) -> float:  # fmt: skip
-    """Best wall time of one pass of matmul(x, i) over i < n, with x the input of weight i's width."""
-
-    def one_pass() -> None:
-        for i in range(n):
-            matmul(inputs[i], i)
-
-    one_pass()  # warm-up: oneDNN builds its kernels on the first call
+def _best_seconds(step: Callable[[], object], reps: int = 3) -> float:
+    """Best wall time of `step()` over `reps` calls, after one warm-up call (oneDNN builds its kernels
+    on the first)."""
+    step()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        one_pass()
+        step()
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -151,11 +146,11 @@ def packed_is_faster(linears: Sequence[nn.Linear]) -> bool:
         plain_s = packed_s = 0.0
         gen = torch.Generator().manual_seed(0)  # a local generator: timing must not move the global RNG
         for rows in PACK_TIMING_ROWS:
-            inputs = {i: torch.randn(rows, 1, w.shape[1], generator=gen) for i, w in enumerate(weights)}
-            plain_s += _best_seconds(lambda x, i: F.linear(x, weights[i], biases[i]), inputs, len(weights))
-            packed_s += _best_seconds(
-                lambda x, i: packed_linear(x, packed[i], biases[i]), inputs, len(weights)
-            )
+            xs = [torch.randn(rows, 1, w.shape[1], generator=gen) for w in weights]
+            plain_args = list(zip(xs, weights, biases, strict=True))
+            packed_args = list(zip(xs, packed, biases, strict=True))
+            plain_s += _best_seconds(lambda a=plain_args: [F.linear(*args) for args in a])
+            packed_s += _best_seconds(lambda a=packed_args: [packed_linear(*args) for args in a])
         _pack_choices[shapes] = plain_s > PACK_SPEEDUP * packed_s
     return _pack_choices[shapes]
 
@@ -171,7 +166,8 @@ class PackedLinears:
 
     def __init__(self, model: nn.Module) -> None:
         self.linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (fingerprint, packed)
+        # id(module) -> (fingerprint, the forward through its packed weight)
+        self._packed: dict[int, tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]] = {}
         self._probes: dict[int, torch.Tensor] = {}  # in_features -> fixed random vector
 
     def _fingerprint(self, weight: torch.Tensor) -> torch.Tensor:
@@ -187,13 +183,13 @@ class PackedLinears:
         for m in self.linears:
             fingerprint, hit = self._fingerprint(m.weight), self._packed.get(id(m))
             if hit is None or not torch.equal(hit[0], fingerprint):
-                self._packed[id(m)] = (fingerprint, pack_weight(m.weight))
+                packed, bias = pack_weight(m.weight), m.bias
+                self._packed[id(m)] = (fingerprint, lambda x, p=packed, b=bias: packed_linear(x, p, b))
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         for m in self.linears:
-            packed, bias = self._packed[id(m)][1], m.bias
-            m.forward = lambda x, packed=packed, bias=bias: packed_linear(x, packed, bias)  # type: ignore[method-assign]
+            m.forward = self._packed[id(m)][1]  # type: ignore[method-assign]
         try:
             yield
         finally:
