@@ -165,3 +165,17 @@ def test_micro_reward_model_learns_a_synthetic_preference(
     ref = [s for row in score_records(rm, tok, word_preference_set(64, seed=0)) for s in row]
     assert abs(sum(ref) / len(ref)) < 1e-3  # the saved head carries the normalising bias
     assert json.loads((tmp_path / "rm" / "calibration.json").read_text())["n_pairs"] == 32 * 6
+
+
+def test_all_tied_training_data_fails_before_collecting_the_evaluation_sets(
+    tmp_path: Path, tok: Tokenizer, micro_model: GPT
+) -> None:
+    save_checkpoint(tmp_path / "sft", micro_model, tok)
+    tied = [
+        PreferenceRecord("Say hi.", ["hi", "hello", "hey", "yo"], [0, 1, 2, 3], "gold", ties=[[0, 1, 2, 3]])
+    ]
+    train = write_preferences(tmp_path / "train.jsonl", tied)
+    cfg = RewardConfig(sft=str(tmp_path / "sft"), data=[str(train)], run=RunConfig(progress=False))
+    with pytest.raises(ValueError, match="no ranked prompts to train on"):
+        train_reward(cfg, tmp_path / "rm", log=lambda *a: None)
+    assert not (tmp_path / "rm" / "prefs" / "heldout.jsonl").exists()  # nothing sampled for held-out

@@ -365,6 +365,9 @@ def prepare_preferences(
     if not cfg.data:
         train = _load_or_collect("", prefs / "train.jsonl", reuse,
                                  gather(policy, c.split, c.n_prompts, c.seed, c.temperature, "train"), log)  # fmt: skip
+    earlier = [r for f in cfg.extra_data for r in read_any(f)]  # earlier rounds' comparisons
+    if not any(r.pairs() for r in earlier + train):  # before minutes of held-out and shift collection
+        raise ValueError("no ranked prompts to train on: every record was empty or all-tied")
     heldout = _load_or_collect(cfg.heldout, prefs / "heldout.jsonl", reuse,
                                gather(policy, "heldout", cfg.n_heldout, c.seed + 1, c.temperature, "heldout"), log)  # fmt: skip
     shift_model = sft
@@ -373,7 +376,6 @@ def prepare_preferences(
     shift_temp = c.temperature if cfg.shift_policy else cfg.shift_temperature
     shift = _load_or_collect(cfg.shift, prefs / "shift.jsonl", reuse,
                              gather(shift_model, "heldout", cfg.n_heldout, c.seed + 2, shift_temp, "shift"), log)  # fmt: skip
-    earlier = [r for f in cfg.extra_data for r in read_any(f)]  # earlier rounds' comparisons
     return earlier + train, heldout, shift
 
 
