@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+
+from picochat.allocator import allocator_chosen, tune_malloc
 
 M = TypeVar("M")  # one measurement: seconds, tokens/s, or a small record of both
 
@@ -34,6 +37,14 @@ def machine() -> str:
         cpu = fields.get("Model name", cpu).strip()
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}"
+
+
+def allocator() -> str:
+    """Tune glibc malloc as the picochat CLI does (picochat/allocator.py), for the whole process: both
+    frameworks measured here run under the same allocator. PICOCHAT_MALLOC=default measures without."""
+    if tune_malloc():
+        return "malloc: glibc tuned for the whole process, both sides (PICOCHAT_MALLOC=default: off)"
+    return f"malloc: left as it is ({allocator_chosen(os.environ) or 'not glibc'})"
 
 
 def sync(device: torch.device) -> None:

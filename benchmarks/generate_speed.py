@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, machine, median, spread, sync  # noqa: E402
+from common import allocator, interleaved, machine, median, spread, sync  # noqa: E402
 from picochat.engine import Engine, SamplingParams  # noqa: E402
 from picochat.hf import to_hf  # noqa: E402
 from picochat.model import GPT, GPTConfig  # noqa: E402
@@ -77,6 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     print(machine())
+    print(allocator())
     torch.manual_seed(0)
     model = GPT(MODEL).eval()
     hf = to_hf(model)

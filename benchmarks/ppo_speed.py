@@ -61,7 +61,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import choose_dtype, interleaved, machine, median, spread  # noqa: E402
+from common import allocator, choose_dtype, interleaved, machine, median, spread  # noqa: E402
 from picochat.checkpoint import save_checkpoint  # noqa: E402
 from picochat.config import OptimConfig, PPOConfig, PPOHParams, RunConfig, ValueConfig  # noqa: E402
 from picochat.data import tasks as task_suite  # noqa: E402
@@ -349,6 +349,7 @@ def main() -> None:
 
     setup = QUICK if args.quick else FULL
     print(f"{machine()}, transformers {transformers.__version__}, trl {trl.__version__}")
+    print(allocator())
     choice = choose_dtype(torch.device("cpu"))
     print(choice.describe())
     with tempfile.TemporaryDirectory(prefix="ppo_speed-") as tmp:

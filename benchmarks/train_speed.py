@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DtypeChoice, autocast, choose_dtype, interleaved, machine, median, spread, sync  # noqa: E402
+from common import DtypeChoice, allocator, autocast, choose_dtype, interleaved, machine, median, spread, sync  # noqa: E402
 from picochat.config import OptimConfig  # noqa: E402
 from picochat.hf import to_hf  # noqa: E402
 from picochat.model import GPT, GPTConfig, flops_per_token  # noqa: E402
@@ -136,6 +136,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     print(machine())
+    print(allocator())
     choice = choose_dtype(device)
     print(choice.describe())
     if args.no_tiny and not args.gpt2:

@@ -567,6 +567,7 @@ def make_parser(commands: list[Command]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from picochat.allocator import tune_malloc
     from picochat.checkpoint import CheckpointError
     from picochat.config import load_config
     from picochat.train.loop import NonFiniteError, StopRequested
@@ -574,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = build_commands()
     args = make_parser(commands).parse_args(argv)
     command: Command = args.command_obj
+    tune_malloc()  # large CPU buffers reused between steps instead of page-faulted in again (allocator.py)
     try:
         cfg = None
         if command.config_cls is not None:
