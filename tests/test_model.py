@@ -157,10 +157,32 @@ def test_cached_decoding_equals_full_forward(tok, attention: str, ln: str) -> No
     x = torch.randint(0, tok.vocab_size, (3, 20))
     full, _ = model(x)
     cache = KVCache.empty(cfg, 3, 20, x.device, torch.float32)
-    pieces = [model(x[:, :7], cache=cache)[0]]
-    for t in range(7, 20):
+    pieces = [model(x[:, :7], cache=cache)[0], model(x[:, 7:11], cache=cache)[0]]  # prompt, then a chunk
+    for t in range(11, 20):
         pieces.append(model(x[:, t : t + 1], cache=cache)[0])
     assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+
+
+def test_cache_notes_padding_once_and_decodes_the_same_either_way(micro_model: GPT) -> None:
+    """A decode step skips the attention mask only when no slot is padding; a pad_mask without padding
+    (prompts of one length) counts as none. Both give the full forward's logits."""
+    cfg = micro_model.config
+    x = torch.randint(0, 100, (2, 10))
+    full, _ = micro_model(x)
+    for pad_mask, padded in ((torch.ones(2, 6, dtype=torch.bool), False), (None, False)):
+        cache = KVCache.empty(cfg, 2, 10, x.device, torch.float32)
+        pieces = [micro_model(x[:, :6], pad_mask=pad_mask, cache=cache)[0]]
+        pieces += [micro_model(x[:, t : t + 1], cache=cache)[0] for t in range(6, 10)]
+        assert cache.padded is padded
+        torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=0)
+    # row 1 left-padded by 3: its real tokens decode as if alone
+    padded_x = torch.cat([torch.zeros(1, 3, dtype=torch.long), x[1:, :4]], 1)
+    mask = torch.arange(7)[None] >= 3
+    cache = KVCache.empty(cfg, 1, 10, x.device, torch.float32)
+    micro_model(padded_x, pad_mask=mask, cache=cache)
+    step = micro_model(x[1:, 4:5], cache=cache)[0]
+    assert cache.padded and cache.select_rows(torch.tensor([0])).padded
+    torch.testing.assert_close(step[0, -1], full[1, 4], atol=1e-5, rtol=0)
 
 
 def test_left_padding_does_not_change_real_token_outputs(micro_model: GPT) -> None:

@@ -136,6 +136,7 @@ class KVCache:
     key_mask: torch.Tensor  # (B, max_len) bool, True = real token in that slot
     next_pos: torch.Tensor  # (B,) long
     length: int = 0  # slots filled so far (same for every row)
+    padded: bool = False  # some slot holds padding (key_mask has a False below `length`)
 
     @classmethod
     def empty(
@@ -162,12 +163,13 @@ class KVCache:
             key_mask=self.key_mask.repeat_interleave(n, dim=0),
             next_pos=self.next_pos.repeat_interleave(n, dim=0),
             length=self.length,
+            padded=self.padded,
         )
 
     def select_rows(self, rows: torch.Tensor) -> KVCache:
         return KVCache(
             k=self.k[:, rows], v=self.v[:, rows], key_mask=self.key_mask[rows],
-            next_pos=self.next_pos[rows], length=self.length,
+            next_pos=self.next_pos[rows], length=self.length, padded=self.padded,
         )  # fmt: skip
 
 
@@ -201,7 +203,7 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,
-            is_causal=mask is None,
+            is_causal=mask is None and T > 1,  # one query with no mask sees every key (a decode step)
             dropout_p=self.dropout if self.training else 0.0,
         )  # fmt: skip
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -247,17 +249,20 @@ def attention_masks(
     cache: KVCache | None = None,
     segments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Boolean SDPA masks (True = may attend) for dense and banded layers; None means plain causal.
+    """Boolean SDPA masks (True = may attend) for dense and banded layers; None means no mask: causal
+    for several queries, all keys for a single one.
 
-    Queries are the T new tokens; keys are the cached slots plus the new tokens. With no cache and no
-    padding the dense mask is None so SDPA can use its fused causal kernel. With `segments` (B, T) (packed
-    documents, see `GPT.hidden`) both masks are block-diagonal causal, (B, 1, T, T).
+    Queries are the T new tokens; keys are the cached slots plus the new tokens. Without padding the dense
+    mask is None where that is exact, so SDPA skips building and applying one: T new tokens on an empty
+    cache (its fused causal kernel) and a decode step (one token that may see every slot). With `segments`
+    (B, T) (packed documents, see `GPT.hidden`) both masks are block-diagonal causal, (B, 1, T, T).
     """
     if segments is not None:
         return segment_masks(config, segments)
     start = cache.length if cache is not None else 0
     need_band = config.attention == "alternating"
-    if cache is None and pad_mask is None and not need_band:
+    padded = pad_mask is not None or (cache is not None and cache.padded)
+    if not padded and not need_band and (start == 0 or T == 1):
         return None, None
     q_idx = torch.arange(start, start + T, device=device)[:, None]  # (T, 1) slot index of each query
     k_idx = torch.arange(start + T, device=device)[None, :]  # (1, Tk)
@@ -474,12 +479,14 @@ class GPT(nn.Module):
         limit = min(cache.max_len, self.config.block_size) if cache is not None else self.config.block_size
         if end > limit:
             raise ValueError(f"sequence of {end} tokens exceeds the limit of {limit} (block_size/cache)")
+        if cache is not None:
+            if pad_mask is not None and bool(pad_mask.all()):  # prompts of one length: no padding after all
+                pad_mask = None
+            cache.padded = cache.padded or pad_mask is not None
+            cache.key_mask[:, cache.length : cache.length + T] = pad_mask if pad_mask is not None else True
         # positions never exceed the slot index (< end <= block_size), so no device sync is needed to check them
         pos = self.positions(B, T, idx.device, pad_mask, cache, segments)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        if cache is not None:
-            real = pad_mask if pad_mask is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
-            cache.key_mask[:, cache.length : cache.length + T] = real
         dense_mask, band_mask = attention_masks(self.config, T, idx.device, pad_mask, cache, segments)
         for layer, block in enumerate(self.h):
             mask = band_mask if self.config.is_sparse_layer(layer) else dense_mask
