@@ -4,6 +4,7 @@ allocation, and leaves an allocator the user chose alone."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,7 @@ def huge_pages_always() -> bool:
 
 
 @pytest.mark.skipif(
-    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None or huge_pages_always(),
+    platform.libc_ver()[0] != "glibc" or huge_pages_always(),
     reason="glibc with 4 KiB pages only",
 )
 def test_tuned_malloc_reuses_large_buffers() -> None:
@@ -71,3 +72,6 @@ def test_an_allocator_the_user_chose_is_left_alone() -> None:
     )
     assert allocator_chosen({"LD_PRELOAD": "libtcmalloc_minimal.so.4"}) is not None
     assert allocator_chosen({"MALLOC_ARENA_MAX": "2"}) == "MALLOC_ARENA_MAX is set"
+    assert allocator_chosen({"PICOCHAT_MALLOC": "tuned"}) is None
+    with pytest.raises(ValueError, match="PICOCHAT_MALLOC must be 'tuned' or 'default'.*'off'"):
+        allocator_chosen({"PICOCHAT_MALLOC": "off"})

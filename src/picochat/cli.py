@@ -575,8 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = build_commands()
     args = make_parser(commands).parse_args(argv)
     command: Command = args.command_obj
-    tune_malloc()  # large CPU buffers reused between steps instead of page-faulted in again (allocator.py)
     try:
+        tune_malloc()  # large CPU buffers reused between steps, not page-faulted in again (allocator.py)
         cfg = None
         if command.config_cls is not None:
             base = None
