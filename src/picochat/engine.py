@@ -250,13 +250,12 @@ class Engine:
         """The packed weights this generate call decodes with (refreshed), or None for F.linear."""
         if self.packed_decode is False or not self._packing_possible():
             return None
+        if self._packed is None:
+            self._packed = PackedLinears(self.model)  # lists the linears; packs nothing yet
         if self._packed_faster is None:  # auto, or forced on (then not timed)
-            linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
-            self._packed_faster = self.packed_decode is True or packed_is_faster(linears)
+            self._packed_faster = self.packed_decode is True or packed_is_faster(self._packed.linears)
         if not self._packed_faster:
             return None
-        if self._packed is None:
-            self._packed = PackedLinears(self.model)
         self._packed.refresh()
         return self._packed
 
