@@ -75,6 +75,17 @@ def test_loss_falls_when_overfitting_one_batch(tok, ln: str) -> None:
     assert loss.item() < 0.3 * first
 
 
+def test_dropout_acts_only_when_training_with_p_above_zero() -> None:
+    torch.manual_seed(0)
+    idx = torch.randint(0, 512, (2, 16))
+    model = GPT(GPTConfig.from_preset("micro", dropout=0.5)).train()
+    assert not torch.equal(model(idx)[0], model(idx)[0])  # two different masks in training
+    model.eval()
+    assert torch.equal(model(idx)[0], model(idx)[0])
+    plain = GPT(GPTConfig.from_preset("micro", dropout=0.0)).train()
+    assert torch.equal(plain(idx)[0], plain(idx)[0])
+
+
 def test_loss_ignores_ignore_index(micro_model: GPT) -> None:
     x = torch.randint(0, 100, (2, 10))
     y = x.clone()
