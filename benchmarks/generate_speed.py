@@ -71,7 +71,7 @@ def run_transformers(hf: torch.nn.Module, prompts: list[list[int]], sample: bool
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds per case (medians are reported)"
+        "--rounds", type=int, default=5, help="interleaved rounds per case (medians are reported)"
     )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
