@@ -160,3 +160,20 @@ def test_weight_decay_only_on_matrices(tok, tmp_path: Path) -> None:
     decay, no_decay = trainer.optimizer.param_groups
     assert decay["weight_decay"] > 0 and all(p.dim() >= 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0 and all(p.dim() < 2 for p in no_decay["params"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a CPU-only machine gives")
+@pytest.mark.parametrize("stage", ["pretrain", "finetune", "sft", "reward", "ppo"])
+def test_a_stage_called_without_dist_runs_on_run_device(stage: str, tmp_path: Path) -> None:
+    """Called from Python with no `dist`, a stage resolves cfg.run.device (here cuda, missing) instead of
+    quietly training on the CPU, which `picochat pipeline` did on GPU machines for every stage but PPO."""
+    import importlib
+
+    from picochat import config
+
+    module = importlib.import_module(f"picochat.train.{stage}")
+    run_stage = getattr(module, "train_reward" if stage == "reward" else stage)
+    cfg_class = {"pretrain": config.PretrainConfig, "finetune": config.FinetuneConfig, "sft": config.SFTConfig,
+                 "reward": config.RewardConfig, "ppo": config.PPOConfig}[stage]  # fmt: skip
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        run_stage(cfg_class(run=RunConfig(device="cuda")), tmp_path)

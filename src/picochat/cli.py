@@ -337,7 +337,7 @@ def cmd_winrate(args: argparse.Namespace, cfg: Any) -> None:
         raise ConfigError("winrate needs --policy RL_CKPT and --baseline SFT_CKPT")
     report = winrate_report(
         args.policy, args.baseline, n=args.n, seed=args.seed, temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens, run_dir=args.run_dir,
+        max_new_tokens=args.max_new_tokens, run_dir=args.run_dir, device=args.device,
     )  # fmt: skip
     text = json.dumps(report, indent=2)
     if args.out:
@@ -354,6 +354,7 @@ def add_winrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--max-new-tokens", type=int, default=24, help="longest answer")
     p.add_argument("--run-dir", help="PPO run dir: adds RM-vs-gold curve, win rate vs KL")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
     p.add_argument("--out", help="also write the JSON report here")
 
 

@@ -243,8 +243,9 @@ def stage_pretrain(ctx: Context) -> dict[str, Any]:
 def stage_sample(ctx: Context) -> dict[str, Any]:
     from picochat.checkpoint import load_checkpoint
     from picochat.engine import Engine
+    from picochat.train.loop import resolve_device
 
-    model, tok = load_checkpoint(ctx.root / "pretrain" / "ckpt")
+    model, tok = load_checkpoint(ctx.root / "pretrain" / "ckpt", device=resolve_device("auto"))
     prompts = ["ROMEO:\n", "JULIET:\n", "First Citizen:\n"]
     max_new = min(120, model.config.block_size - 8)
     texts = Engine(model, tok).generate(
@@ -389,6 +390,7 @@ def stage_transcripts(ctx: Context) -> dict[str, Any]:
     """The same user prompts answered greedily by the base model, the SFT policy and the RL policies."""
     from picochat.checkpoint import load_checkpoint
     from picochat.engine import Engine, SamplingParams
+    from picochat.train.loop import resolve_device
 
     models = {
         "base": ("pretrain", "ckpt"),
@@ -402,7 +404,7 @@ def stage_transcripts(ctx: Context) -> dict[str, Any]:
     for label, parts in models.items():
         if not ctx.path(*parts).is_dir():
             continue
-        model, tok = load_checkpoint(ctx.path(*parts))
+        model, tok = load_checkpoint(ctx.path(*parts), device=resolve_device("auto"))
         engine = Engine(model, tok)
         prompts = [tok.render_prompt([{"role": "user", "content": p}]) for p in TRANSCRIPT_PROMPTS]
         outs = engine.generate_ids(prompts, SamplingParams(max_new_tokens=48, temperature=0))

@@ -22,7 +22,7 @@ from picochat.data import tasks as task_suite
 from picochat.engine import Engine
 from picochat.model import GPT
 from picochat.tokenizer import Tokenizer
-from picochat.train.loop import read_metrics
+from picochat.train.loop import read_metrics, resolve_device
 
 
 def answers(
@@ -104,7 +104,7 @@ def winrate_vs_kl(
     """Win rate of every snapshot in run_dir/snapshots against the baseline, with the KL it had reached."""
     out = []
     for snap in sorted((Path(run_dir) / "snapshots").glob("iter_*")):
-        model, _ = load_checkpoint(snap)
+        model, _ = load_checkpoint(snap, device=baseline.lm_head.weight.device)
         res = winrate(model, baseline, tok, **kwargs)
         meta = checkpoint_meta(snap)
         out.append(
@@ -122,11 +122,13 @@ def winrate_vs_kl(
 def winrate_report(
     policy_path: str | Path, baseline_path: str | Path, *, n: int = 200, seed: int = 0, temperature: float = 0.0,
     max_new_tokens: int = 24, run_dir: str | Path | None = None, families: Sequence[str] | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:  # fmt: skip
     """Everything `picochat eval --winrate` prints: the win rate, and with a PPO run directory the
-    over-optimisation curve and win rate vs KL. JSON-able."""
-    policy, tok = load_checkpoint(policy_path)
-    baseline, base_tok = load_checkpoint(baseline_path)
+    over-optimisation curve and win rate vs KL. JSON-able. device: auto (a GPU if there is one), cpu, cuda..."""
+    dev = resolve_device(device)
+    policy, tok = load_checkpoint(policy_path, device=dev)
+    baseline, base_tok = load_checkpoint(baseline_path, device=dev)
     if tok.identity() != base_tok.identity():
         raise ValueError(
             f"{policy_path} and {baseline_path} use different tokenizers; compare policies of one run"

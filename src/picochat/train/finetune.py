@@ -364,7 +364,7 @@ def finetune(
     cfg: FinetuneConfig, out_dir: Path, dist: Dist | None = None, resume: bool = False
 ) -> dict[str, Any]:
     """Fine-tune cfg.ckpt on one task; writes out_dir/{ckpt, metrics.jsonl, config.toml, summary.json}."""
-    dist = dist or Dist()
+    dist = dist or Dist.alone(cfg.run.device)
     if not cfg.ckpt:
         raise ValueError("finetune needs a base checkpoint: --ckpt runs/NAME/pretrain/ckpt (or ckpt=PATH)")
     t0 = time.perf_counter()

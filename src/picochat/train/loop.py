@@ -86,6 +86,11 @@ class Dist:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
+    @classmethod
+    def alone(cls, device_name: str) -> Dist:
+        """One process on run.device: what a stage called from Python without a `dist` runs on."""
+        return cls(device=resolve_device(device_name))
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0

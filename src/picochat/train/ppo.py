@@ -90,7 +90,6 @@ from picochat.train.loop import (
     optimizer_step,
     pin_resumed_dtype,
     read_metrics,
-    resolve_device,
     resolve_dtype,
     restore_rng,
     rng_tensors,
@@ -855,7 +854,7 @@ def ppo(
     `policy`/`tok` replace cfg.policy, `reward_fn(prompts, answers)` replaces the reward model and `prompts`
     (user messages) replace the task prompt pool (toys and tests; gold scores then are NaN).
     """
-    dist = dist or Dist(device=resolve_device(cfg.run.device))
+    dist = dist or Dist.alone(cfg.run.device)
     if dist.enabled and cfg.run.parallel != "ddp":
         raise ValueError(
             f"ppo under torchrun supports run.parallel=ddp only (got {cfg.run.parallel!r}): every rank "

@@ -174,7 +174,7 @@ def pretrain(
     data_dir: Path | None = None,
 ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     """Train a GPT from scratch; writes out_dir/{ckpt, metrics.jsonl, config.toml, samples.txt}."""
-    dist = dist or Dist()
+    dist = dist or Dist.alone(cfg.run.device)
     out_dir = Path(out_dir)
     log = print if dist.is_main else (lambda *a, **k: None)
     if dist.is_main:

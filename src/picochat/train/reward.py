@@ -398,7 +398,7 @@ def train_reward(
     calibration.json, prefs/*.jsonl when collected}. Returns the summary."""
     from picochat.eval.reward import evaluate_rankings, write_calibration
 
-    dist = dist or Dist()
+    dist = dist or Dist.alone(cfg.run.device)
     if not cfg.sft:
         raise ValueError("rm needs the SFT checkpoint it starts from: --ckpt runs/NAME/sft/ckpt")
     out_dir = Path(out_dir)

@@ -404,7 +404,7 @@ def base_eval(
 def sft(cfg: SFTConfig, out_dir: Path, dist: Dist | None = None, resume: bool = False) -> dict[str, Any]:
     """Fine-tune cfg.ckpt on the SFT mix; writes out_dir/{ckpt, metrics.jsonl, config.toml, summary.json}
     and returns the summary (held-out loss, task numbers before/after, end rate, samples)."""
-    dist = dist or Dist()
+    dist = dist or Dist.alone(cfg.run.device)
     out_dir = Path(out_dir)
     log = print if dist.is_main else (lambda *a, **k: None)
     if not cfg.ckpt:
