@@ -11,7 +11,7 @@ from picochat.checkpoint import load_checkpoint
 from picochat.config import OptimConfig, RunConfig
 from picochat.data.shards import RandomWindows
 from picochat.model import GPT, IGNORE_INDEX, GPTConfig
-from picochat.train.loop import NonFiniteError, StepOut, Trainer, lr_at, read_metrics
+from picochat.train.loop import NonFiniteError, Prefetcher, StepOut, Trainer, batch_to, lr_at, read_metrics
 from picochat.train.pretrain import lm_loss
 
 RUN = dict(progress=False, log_every=1, eval_every=1000, save_every=1000)
@@ -117,6 +117,48 @@ def test_resume_is_exact(tok, tmp_path: Path) -> None:
     m2, _ = load_checkpoint(tmp_path / "resumed" / "ckpt")
     for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
         assert torch.equal(v1, v2), k
+
+
+def test_prefetching_one_batch_ahead_trains_and_resumes_exactly_the_same(tok, tmp_path: Path) -> None:
+    """The CUDA read-ahead (here on the CPU, unpinned): same losses as reading in step, and a run killed
+    while a batch is held ahead resumes at that batch, not after it."""
+    make_trainer(tok, tmp_path / "plain", batch=2, accum=2, steps=8).run()
+
+    def ahead(out: Path, seed: int = 0, **run) -> Trainer:
+        trainer = make_trainer(tok, out, batch=2, accum=2, steps=8, seed=seed, **run)
+        trainer.source = Prefetcher(trainer.source, torch.device("cpu"), pin=False)
+        return trainer
+
+    crashing = ahead(tmp_path / "ahead", save_every=3)
+    calls = {"n": 0}
+
+    def dies_in_step_5(model, batch) -> StepOut:
+        calls["n"] += 1
+        if calls["n"] == 10:  # step 5's second micro-batch; step 3's checkpoint was saved with one ahead
+            raise Killed
+        return lm_loss(model, batch)
+
+    crashing.loss_fn = dies_in_step_5
+    with pytest.raises(Killed):
+        crashing.run()
+    ahead(tmp_path / "ahead", seed=99).run(resume=True)
+    assert losses(tmp_path / "plain") == losses(tmp_path / "ahead")
+    m1, _ = load_checkpoint(tmp_path / "plain" / "ckpt")
+    m2, _ = load_checkpoint(tmp_path / "ahead" / "ckpt")
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert torch.equal(v1, v2), k
+
+
+def test_batch_to_moves_the_tensors_of_tuples_and_dataclasses() -> None:
+    from picochat.train.finetune import TaskBatch
+
+    batch = TaskBatch(
+        ids=torch.ones(2, 3), lengths=torch.tensor([3, 2]), labels=torch.tensor([1]), n_seq=2, fmt="x"
+    )
+    moved = batch_to((batch, [torch.zeros(1)]), torch.device("meta"), pin=False)
+    assert isinstance(moved, tuple) and isinstance(moved[1], list)
+    assert moved[0].ids.is_meta and moved[0].labels.is_meta and moved[1][0].is_meta
+    assert (moved[0].n_seq, moved[0].fmt) == (2, "x") and not batch.ids.is_meta
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tok, tmp_path: Path) -> None:

@@ -17,6 +17,13 @@ train/parallel.py), so a stage's loss may use any part of the GPT (hidden states
 the trainer's `model` is replaced by a plain, full copy when `run()` returns (every rank calls the
 gather), so the stage can evaluate, generate and save on rank 0 as on one process.
 
+With run.prefetch on a CUDA device the source is read one batch ahead (`Prefetcher`): after a
+micro-step's backward is queued, the CPU builds the next batch into pinned memory and starts its copy to
+the GPU (non_blocking), so batch assembly and the copy overlap the GPU's work instead of following it.
+Off by default: on an H100 it made the tiny preset's steps 2-15% slower (pinning is one more host copy,
+and a step bound by kernel launches has no idle GPU time to hide the batch behind); it pays only where
+building a batch is slow next to a GPU-bound step.
+
 `run.dtype=auto` is resolved by timing a matmul; the result is stored in the checkpoint meta ("dtype")
 and a stage's --resume continues in it (pin_resumed_dtype) rather than measuring again.
 """
@@ -24,13 +31,14 @@ and a stage's --resume continues in it (pin_resumed_dtype) rather than measuring
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,6 +73,52 @@ class BatchSource(Protocol):
     def next_batch(self) -> Any: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def batch_to(batch: Any, device: torch.device, pin: bool) -> Any:
+    """A batch (a tensor, or a tuple, list or dataclass holding tensors) with its tensors on `device`.
+
+    With pin=True each tensor goes through page-locked host memory first: only a copy from there is
+    asynchronous (non_blocking), a copy from pageable memory waits for the GPU."""
+    if isinstance(batch, torch.Tensor):
+        return (batch.pin_memory() if pin else batch).to(device, non_blocking=pin)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(batch_to(item, device, pin) for item in batch)
+    if is_dataclass(batch) and not isinstance(batch, type):
+        return replace(
+            batch, **{f.name: batch_to(getattr(batch, f.name), device, pin) for f in fields(batch)}
+        )
+    return batch
+
+
+class Prefetcher:
+    """A BatchSource read one batch ahead, that batch already on (or on its way to) the device.
+
+    The trainer calls `prefetch()` once a micro-step's backward is queued, so the next batch is drawn
+    while the GPU computes. `state_dict()` is the source's position *before* the batch held ahead, so a
+    checkpoint resumes at the first batch not yet trained on and resume stays exact."""
+
+    def __init__(self, source: BatchSource, device: torch.device, pin: bool) -> None:
+        self.source, self.device, self.pin = source, device, pin
+        self.ahead: Any = None
+        self.ahead_state: dict[str, Any] = {}
+
+    def prefetch(self) -> None:
+        if self.ahead is None:
+            self.ahead_state = copy.deepcopy(self.source.state_dict())
+            self.ahead = batch_to(self.source.next_batch(), self.device, self.pin)
+
+    def next_batch(self) -> Any:
+        self.prefetch()
+        batch, self.ahead = self.ahead, None
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.ahead_state) if self.ahead is not None else self.source.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ahead = None
+        self.source.load_state_dict(state)
 
 
 @dataclass
@@ -382,6 +436,8 @@ class Trainer:
         self.device = self.dist.device
         self.dtype = resolve_dtype(self.run_cfg.dtype, self.device)
         self.model.to(self.device)
+        if self.device.type == "cuda" and self.run_cfg.prefetch:
+            self.source = Prefetcher(self.source, self.device, pin=True)
         self.module = self.wrap(self.model)
         self.sharded = self.dist.enabled and self.run_cfg.parallel == "fsdp"
         self.optimizer = build_optimizer(self.model, self.optim_cfg, self.device)
@@ -462,6 +518,8 @@ class Trainer:
             with autocast(self.device, self.dtype):
                 out = self.module(self.loss_fn, batch)
             out.loss_sum.backward()
+        if isinstance(self.source, Prefetcher):
+            self.source.prefetch()  # the backward is queued: build the next batch while the GPU runs it
         n = torch.as_tensor(out.n_items, dtype=torch.float64)
         return out.loss_sum.detach().double().cpu(), n, out.n_tokens or int(n), out.metrics
 
