@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU recipe (issue 13, item 5): GPT-2 124M pre-training throughput and MFU on one CUDA GPU.
 #
-#   bash benchmarks/gpu_recipe.sh [OUT_DIR]        # ~4 minutes on one H100; logs under OUT_DIR
+#   bash benchmarks/gpu_recipe.sh [OUT_DIR]        # ~4 minutes on one H100 + the tiny pipeline; logs under OUT_DIR
 #
 # 1. train_speed.py --gpt2: picochat vs transformers on the same weights and batch, bf16 autocast (chosen
 #    by the measured matmul peak), eager; MFU over the measured peak.
@@ -11,6 +11,8 @@
 # 3. train_speed.py --gpt2 again with both sides torch.compile'd.
 # 4. generate_speed.py: Engine.generate vs transformers generate, KV cache on both.
 # 5. The micro pipeline end to end on the GPU (every stage's CUDA path, bf16 autocast).
+# 6. The tiny pipeline (the default preset, one RLHF round) on the GPU: its report card and stage times
+#    (PIPELINE_TIMEOUT, default 420 s; it has not yet run to the end on a GPU).
 # Each step has its own time limit (STEP_TIMEOUT, default 240 s) so one failure does not hide the rest.
 set -uo pipefail
 out=${1:-runs/gpu_recipe}
@@ -56,4 +58,5 @@ EOF
 step train_speed_compile "$py" benchmarks/train_speed.py --gpt2 --gpt2-batch 16 --rounds 6 --no-tiny --compile
 step generate_speed "$py" benchmarks/generate_speed.py
 step pipeline_micro "$py" -m picochat.cli pipeline --preset micro --out "$out/pipeline_micro"
+STEP_TIMEOUT=${PIPELINE_TIMEOUT:-420} step pipeline_tiny "$py" -m picochat.cli pipeline --out "$out/pipeline_tiny" --rounds 1
 echo "outputs: $out"
