@@ -290,7 +290,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-prompts", default=None, help="prompts to label: .txt lines or .jsonl 'prompt's")
     p.add_argument("--max-batch", type=int, default=32, help="most answers decoded together in one batch")
     p.add_argument("--model-name", default=None, help="model id in /v1/models (default picochat-<run>)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 

@@ -510,14 +510,15 @@ def serve(
     max_batch: int = 32,
     label_prompts: Sequence[str] | None = None,
     model_name: str | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     api_key: str | None = None,
 ) -> None:
     """Load a checkpoint and serve it until interrupted; prints the chat, API and labeling URLs."""
     from picochat.checkpoint import load_checkpoint
     from picochat.data.tasks import make_tasks
+    from picochat.train.loop import resolve_device
 
-    model, tok = load_checkpoint(ckpt, device=device)
+    model, tok = load_checkpoint(ckpt, device=resolve_device(device))
     prompts = (
         tuple(label_prompts) if label_prompts else tuple(t.prompt for t in make_tasks(256, "train", seed=0))
     )

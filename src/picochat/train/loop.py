@@ -186,7 +186,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             return torch.device(f"cuda:{local_rank}")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"run.device={name} but CUDA is not available; use run.device=cpu or auto")
+        raise ValueError(
+            f"device {name!r} (run.device or --device) asked for, but CUDA is not available; use cpu or auto"
+        )
     if name == "cuda":
         return torch.device(f"cuda:{local_rank}")
     return torch.device(name)
