@@ -161,6 +161,49 @@ def test_packed_decode_generates_like_plain_decode(tok) -> None:
     assert out == Engine(model, tok, packed_decode=False).generate_ids(prompts, params, stop_ids=[], seed=1)
 
 
+def test_cast_copies_equal_autocast_bit_for_bit_and_follow_weight_updates(tok) -> None:
+    """Under bf16 autocast the linears' bf16 copies give exactly autocast's outputs (its cast of a bf16
+    tensor is a no-op), and refresh() re-casts after a fused AdamW step changed the weights in place."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size)).eval()
+    ids = torch.randint(0, tok.vocab_size, (3, 5))
+    cast = PackedLinears(model, dtype=torch.bfloat16)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        cast.refresh()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = model(ids)[0]
+            with cast.active():
+                return plain, model(ids)[0]
+
+    plain, fast = both()
+    assert torch.equal(fast, plain)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    model(ids, ids)[1].backward()
+    optimizer.step()
+    after, fast = both()
+    assert not torch.equal(after, plain) and torch.equal(fast, after)
+
+
+def test_autocast_decode_casts_weights_once_per_call_and_samples_the_same(tok) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size)).eval()
+    prompts = [tok.encode("ROMEO: But soft"), tok.encode("The quick")]
+    params = SamplingParams(max_new_tokens=12, temperature=1.0)
+    engine = Engine(model, tok, autocast_dtype=torch.bfloat16)
+    out = engine.generate_ids(prompts, params, stop_ids=[], seed=1)
+    assert engine._cast is not None and len(engine._cast._packed) == len(engine._cast.linears)
+    plain = Engine(model, tok, autocast_dtype=torch.bfloat16, packed_decode=False)
+    assert out == plain.generate_ids(prompts, params, stop_ids=[], seed=1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        engine.generate_ids(prompts, SamplingParams(max_new_tokens=12, temperature=0), stop_ids=[])
+    casts = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        plain.generate_ids(prompts, SamplingParams(max_new_tokens=12, temperature=0), stop_ids=[])
+    plain_casts = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+    assert casts < plain_casts / 2  # autocast re-cast every weight at each of the 11 decode steps
+
+
 @needs_onednn
 def test_packed_decode_refuses_what_it_cannot_run(tok) -> None:
     model = GPT(GPTConfig.from_preset("micro", vocab_size=tok.vocab_size)).to(torch.bfloat16).eval()

@@ -14,6 +14,9 @@ weight matrix, memory-bound work where torch's default fp32 path (MKL sgemm on t
 slow on some CPUs; oneDNN with the weight reordered once for a small batch was 1.3-2.6x faster per matrix
 (about equal for the MLP's down projection) on the 2-core AMD EPYC of benchmarks/RESULTS.md. The engine times both paths once per model shape and
 uses the packed one only where it measured faster (fp32 on CPU without autocast; never for gradients).
+Under autocast (bf16 on AMX CPUs and GPUs: PPO rollouts, comparison collection) the same mechanism keeps
+bf16 copies of the weights, cast once per generate call, so autocast does not cast every weight again at
+every decode step.
 """
 
 from __future__ import annotations
@@ -158,13 +161,18 @@ def packed_is_faster(linears: Sequence[nn.Linear]) -> bool:
 class PackedLinears:
     """Prepacked copies of a model's nn.Linear weights, used by its forward inside `active()`.
 
-    Inside the context each linear's forward is pointed at `packed_linear` with its packed weight; on exit
-    the module's own forward is back. The parameters are never touched. `refresh()` (once per generate
-    call) packs again every weight that changed since it was packed, found by a fingerprint: the weight
-    times a fixed random vector. A version counter would not do: the fused AdamW kernel that the training
-    loop uses updates parameters in place without bumping it (PPO steps the policy between rollouts)."""
+    Two kinds of copy: with dtype=None the fp32 weight reordered for oneDNN (`packed_linear`, CPU); with a
+    dtype (bf16 under autocast) the weight and bias cast to it once. Autocast would otherwise cast every
+    fp32 weight again at every decode step, reading 4 bytes and writing 2 per parameter before the matmul
+    reads the 2 again; its cast of a tensor already in its dtype is free, so the outputs are bit for bit
+    the autocast ones. Inside the context each linear's forward is pointed at its copy; on exit the
+    module's own forward is back. The parameters are never touched. `refresh()` (once per generate call)
+    makes a new copy of every weight that changed since, found by a fingerprint: the weight times a fixed
+    random vector. A version counter would not do: the fused AdamW kernel that the training loop uses
+    updates parameters in place without bumping it (PPO steps the policy between rollouts)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None) -> None:
+        self.dtype = dtype
         self.linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         # id(module) -> (fingerprint, the forward through its packed weight)
         self._packed: dict[int, tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]] = {}
@@ -174,17 +182,26 @@ class PackedLinears:
         width = weight.shape[1]
         if width not in self._probes:
             gen = torch.Generator().manual_seed(width)  # local: must not move the global RNG
-            self._probes[width] = torch.randn(width, generator=gen, dtype=weight.dtype)
+            probe = torch.randn(width, generator=gen, dtype=weight.dtype)
+            self._probes[width] = probe.to(weight.device)
         return torch.mv(weight.detach(), self._probes[width])
+
+    def _copy(self, m: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The forward through a new copy of m's weight."""
+        if self.dtype is None:
+            packed, bias = pack_weight(m.weight), m.bias
+            return lambda x, p=packed, b=bias: packed_linear(x, p, b)
+        weight = m.weight.detach().to(self.dtype)
+        bias = m.bias.detach().to(self.dtype) if m.bias is not None else None
+        return lambda x, w=weight, b=bias: F.linear(x, w, b)
 
     @torch.inference_mode()
     def refresh(self) -> None:
-        """Pack the weights that are new or changed (one matrix-vector product per weight to check)."""
+        """Copy the weights that are new or changed (one matrix-vector product per weight to check)."""
         for m in self.linears:
             fingerprint, hit = self._fingerprint(m.weight), self._packed.get(id(m))
             if hit is None or not torch.equal(hit[0], fingerprint):
-                packed, bias = pack_weight(m.weight), m.bias
-                self._packed[id(m)] = (fingerprint, lambda x, p=packed, b=bias: packed_linear(x, p, b))
+                self._packed[id(m)] = (fingerprint, self._copy(m))
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -208,8 +225,9 @@ class Engine:
         autocast_dtype: torch.dtype | None = None,
         packed_decode: bool | None = None,
     ) -> None:
-        """packed_decode: decode steps through prepacked oneDNN weights (True), through F.linear (False),
-        or None: packed where possible (CPU, fp32, no autocast, the ops exist) and measured faster."""
+        """packed_decode: decode steps through prepacked oneDNN weights (True), through the model's own
+        weights (False), or None: under autocast through weights cast once per call, else packed where
+        possible (CPU, fp32, the ops exist) and measured faster."""
         if tok.vocab_size > model.config.vocab_size:
             raise ValueError(
                 f"tokenizer has {tok.vocab_size} ids but the model only {model.config.vocab_size} embeddings"
@@ -221,6 +239,7 @@ class Engine:
         self.packed_decode = packed_decode
         self._packed_faster: bool | None = None  # the timed choice, made at the first decode step
         self._packed: PackedLinears | None = None
+        self._cast: PackedLinears | None = None  # weights cast once to autocast_dtype
         if packed_decode:
             self._packing_possible()  # fail at construction, not at the first decode step
 
@@ -247,8 +266,16 @@ class Engine:
         return possible
 
     def _decode_packing(self) -> PackedLinears | None:
-        """The packed weights this generate call decodes with (refreshed), or None for F.linear."""
-        if self.packed_decode is False or not self._packing_possible():
+        """The weight copies this generate call decodes with (refreshed), or None for the model's own:
+        bf16 copies under autocast, oneDNN-packed ones where possible and measured faster."""
+        if self.packed_decode is False:
+            return None
+        if self.autocast_dtype is not None:
+            if self._cast is None:
+                self._cast = PackedLinears(self.model, dtype=self.autocast_dtype)
+            self._cast.refresh()
+            return self._cast
+        if not self._packing_possible():
             return None
         if self._packed is None:
             self._packed = PackedLinears(self.model)  # lists the linears; packs nothing yet
