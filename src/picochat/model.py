@@ -15,8 +15,8 @@ Attention is `torch.nn.functional.scaled_dot_product_attention` (flash/fused ker
 On a GPU, calls with a mask or a KV cache leave out cuDNN's attention (`attention_backends`): cuDNN builds
 an execution graph for every new input shape, and decoding (the key length grows each step) and PPO's
 packed rows (a new width each minibatch) bring a new shape almost every call. One H100, bf16, the tiny
-PPO policy: 32 rollouts of 32 tokens took 0.5-1.0 s with it, against 0.08-0.1 s in fp32, where SDPA never
-picks cuDNN. Unmasked training calls (pre-training: one shape) keep the default choice.
+PPO policy: 32 rollouts of 32 tokens took 0.5-1.0 s with it and 0.13-0.23 s without (fp32, where SDPA
+never picks cuDNN: 0.08-0.12 s). Unmasked training calls (pre-training: one shape) keep the default choice.
 The KV cache is a small explicit object created per generation call and passed into `forward`; the model
 holds parameters only. An optional linear head on the final hidden states (`n_head_outputs > 0`) serves
 as the GPT-1 classifier, the reward model's scalar head and the PPO value head, so every stage shares one
