@@ -219,3 +219,13 @@ def test_a_stage_called_without_dist_runs_on_run_device(stage: str, tmp_path: Pa
                  "reward": config.RewardConfig, "ppo": config.PPOConfig}[stage]  # fmt: skip
     with pytest.raises(ValueError, match="CUDA is not available"):
         run_stage(cfg_class(run=RunConfig(device="cuda")), tmp_path)
+
+
+def test_resolve_device_names_its_choices_for_an_unknown_device() -> None:
+    from picochat.train.loop import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu", "cuda:x", "cuda:"):
+        with pytest.raises(ValueError, match="unknown device .*auto, cpu, cuda, cuda:N or mps"):
+            resolve_device(bad)
