@@ -96,7 +96,7 @@ PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             },
         },
     },
-    "tiny": {  # the default: the whole recipe on a 2-core CPU (measured 11.8-14.2 min, see README)
+    "tiny": {  # the default: the whole recipe on a 2-core CPU (measured 11.8-14.7 min, see README)
         "pretrain": {  # 128 wide (tiny's 4 layers, 4 heads): ~2.7x fewer FLOPs per token than 256, more steps
             "model": {"preset": "tiny", "n_embd": 128},
             "optim": {"max_steps": 400, "batch_size": 8, "lr": 2e-3, "warmup_steps": 20},
