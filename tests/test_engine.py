@@ -192,7 +192,7 @@ def test_autocast_decode_casts_weights_once_per_call_and_samples_the_same(tok) -
     params = SamplingParams(max_new_tokens=12, temperature=1.0)
     engine = Engine(model, tok, autocast_dtype=torch.bfloat16)
     out = engine.generate_ids(prompts, params, stop_ids=[], seed=1)
-    assert engine._cast is not None and len(engine._cast._packed) == len(engine._cast.linears)
+    assert engine._packed is not None and len(engine._packed._packed) == len(engine._packed.linears)
     plain = Engine(model, tok, autocast_dtype=torch.bfloat16, packed_decode=False)
     assert out == plain.generate_ids(prompts, params, stop_ids=[], seed=1)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

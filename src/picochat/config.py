@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -35,6 +36,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 NONFINITE_POLICIES = ("stop", "skip")
 PARALLEL = ("ddp", "fsdp")
+
+
+def is_device_name(name: str) -> bool:
+    """auto, cpu, cuda, cuda:N or mps: the device names run.device and every --device take."""
+    return name in DEVICES or re.fullmatch(r"cuda:\d+", name) is not None
 
 
 class ConfigError(ValueError):
@@ -135,7 +141,7 @@ class RunConfig:
     (off by default: 2-15% slower for the tiny preset on an H100, whose steps wait on kernel launches)"""
 
     def __post_init__(self) -> None:
-        if not (self.device in DEVICES or self.device.startswith("cuda:")):
+        if not is_device_name(self.device):
             raise ValueError(f"run.device must be one of {list(DEVICES)} or cuda:N, got {self.device!r}")
         check_choice("run.dtype", self.dtype, DTYPES)
         check_choice("run.on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)

@@ -238,8 +238,7 @@ class Engine:
         self.default_stop_ids = (tok.special_id("<|end|>"), tok.eot_id)
         self.packed_decode = packed_decode
         self._packed_faster: bool | None = None  # the timed choice, made at the first decode step
-        self._packed: PackedLinears | None = None
-        self._cast: PackedLinears | None = None  # weights cast once to autocast_dtype
+        self._packed: PackedLinears | None = None  # oneDNN-packed, or cast to autocast_dtype when set
         if packed_decode:
             self._packing_possible()  # fail at construction, not at the first decode step
 
@@ -268,17 +267,14 @@ class Engine:
     def _decode_packing(self) -> PackedLinears | None:
         """The weight copies this generate call decodes with (refreshed), or None for the model's own:
         bf16 copies under autocast, oneDNN-packed ones where possible and measured faster."""
-        if self.packed_decode is False:
+        cast = self.autocast_dtype is not None
+        if self.packed_decode is False or not (cast or self._packing_possible()):
             return None
-        if self.autocast_dtype is not None:
-            if self._cast is None:
-                self._cast = PackedLinears(self.model, dtype=self.autocast_dtype)
-            self._cast.refresh()
-            return self._cast
-        if not self._packing_possible():
-            return None
-        if self._packed is None:
-            self._packed = PackedLinears(self.model)  # lists the linears; packs nothing yet
+        if self._packed is None:  # lists the linears; copies nothing yet
+            self._packed = PackedLinears(self.model, dtype=self.autocast_dtype)
+        if cast:
+            self._packed.refresh()
+            return self._packed
         if self._packed_faster is None:  # auto, or forced on (then not timed)
             self._packed_faster = self.packed_decode is True or packed_is_faster(self._packed.linears)
         if not self._packed_faster:

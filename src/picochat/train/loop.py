@@ -35,7 +35,6 @@ import copy
 import functools
 import json
 import math
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -58,7 +57,7 @@ from picochat.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
-from picochat.config import DEVICES, OptimConfig, RunConfig
+from picochat.config import OptimConfig, RunConfig, is_device_name
 from picochat.model import GPT
 from picochat.tokenizer import Tokenizer
 
@@ -183,7 +182,7 @@ class Plan:
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """auto (cuda:local_rank if there is a GPU, else cpu), cpu, cuda, cuda:N or mps as a torch.device."""
-    if name not in DEVICES and not re.fullmatch(r"cuda:\d+", name):
+    if not is_device_name(name):
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     if name == "auto":
         if torch.cuda.is_available():
