@@ -250,6 +250,64 @@ def test_segments_refuse_a_cache_or_a_pad_mask(micro_model: GPT) -> None:
         micro_model.hidden(x, segments=seg[:, :5])
 
 
+def gathered(states: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    return states.gather(1, keep[..., None].expand(-1, -1, states.shape[-1]))
+
+
+@pytest.mark.parametrize("n_layer", [2, 3])  # the last block banded (2) or dense (3) under "alternating"
+@pytest.mark.parametrize("attention", ["dense", "alternating"])
+@pytest.mark.parametrize("ln", ["pre", "post"])
+def test_keep_equals_the_kept_positions_of_a_full_forward(n_layer: int, attention: str, ln: str) -> None:
+    """hidden(keep=K) runs the last block at K only; its states and every parameter's gradient equal the
+    full forward's read at K: causal, left-padded, packed rows, and on a KV cache (prefill, a later chunk,
+    one decode step)."""
+    torch.manual_seed(3)
+    cfg = GPTConfig(
+        n_layer=n_layer, n_head=2, n_embd=32, block_size=32, vocab_size=50, attention=attention, window=4,
+        ln_placement=ln,
+    )  # fmt: skip
+    model = GPT(cfg).double()
+    idx = torch.randint(0, 50, (3, 12))
+    keep = torch.tensor([[0, 5, 11, 5], [3, 3, 4, 10], [11, 7, 8, 9]])  # repeats allowed
+    pad_mask = torch.ones(3, 12, dtype=torch.bool)
+    pad_mask[0, :3] = pad_mask[2, :5] = False  # row 0 keeps padding slot 0: its state is never compared
+    segments = torch.tensor([[1] * 5 + [2] * 7, [1] * 12, [1] * 3 + [2] * 3 + [3] * 4 + [0] * 2])
+    for inputs in ({}, {"pad_mask": pad_mask}, {"segments": segments}):
+        full = gathered(model.hidden(idx, **inputs), keep)
+        kept = model.hidden(idx, keep=keep, **inputs)
+        real = torch.ones_like(keep, dtype=torch.bool)
+        real[0, 0] = "pad_mask" not in inputs
+        torch.testing.assert_close(kept[real], full[real], atol=1e-12, rtol=0)
+        weights = torch.randn_like(full) * real[..., None]
+        grads = [torch.autograd.grad((out * weights).sum(), list(model.parameters())) for out in (full, kept)]
+        for g_full, g_kept in zip(*grads, strict=True):
+            torch.testing.assert_close(g_kept, g_full, atol=1e-12, rtol=0)
+    chunks = ((slice(0, 7), [[6], [6], [6]]), (slice(7, 11), [[3], [0], [2]]), (slice(11, 12), [[0]] * 3))
+    with torch.no_grad():
+        for pads in (pad_mask, torch.ones_like(pad_mask)):  # padded cache (masks), unpadded (causal, None)
+            caches = [KVCache.empty(cfg, 3, 16, idx.device, torch.float64) for _ in range(2)]
+            for chunk, rows_keep in chunks:
+                at = torch.tensor(rows_keep)
+                full = gathered(model.hidden(idx[:, chunk], pad_mask=pads[:, chunk], cache=caches[0]), at)
+                kept = model.hidden(idx[:, chunk], pad_mask=pads[:, chunk], cache=caches[1], keep=at)
+                torch.testing.assert_close(kept, full, atol=1e-12, rtol=0)
+            torch.testing.assert_close(caches[1].k, caches[0].k, atol=0, rtol=0)  # every position cached
+        lengths = torch.tensor([12, 7, 9])
+        torch.testing.assert_close(
+            model.final_states(idx, lengths),
+            model.hidden(idx)[torch.arange(3), lengths - 1],
+            atol=1e-12,
+            rtol=0,
+        )
+
+
+def test_keep_must_be_a_long_matrix_per_row(micro_model: GPT) -> None:
+    x = torch.randint(0, 100, (2, 6))
+    for bad in (torch.tensor([1, 2]), torch.ones(3, 1, dtype=torch.long), torch.ones(2, 1)):
+        with pytest.raises(ValueError, match="keep must be"):
+            micro_model.hidden(x, keep=bad)
+
+
 def test_sequence_longer_than_block_size_raises(micro_model: GPT) -> None:
     x = torch.zeros(1, micro_model.config.block_size + 1, dtype=torch.long)
     with pytest.raises(ValueError, match="exceeds"):

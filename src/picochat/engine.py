@@ -330,8 +330,9 @@ class Engine:
             self.model.config, len(prompt_lists), ids.shape[1] + max_new, self.device,
             self.autocast_dtype or next(self.model.parameters()).dtype,
         )  # fmt: skip
-        with self._autocast():
-            logits = self.model(ids, pad_mask=pad_mask, cache=cache)[0][:, -1, :n_ids]  # (B, V)
+        last = torch.full((len(prompt_lists), 1), ids.shape[1] - 1, device=self.device)  # left padding
+        with self._autocast():  # prefill: every prompt token into the cache, logits for the last one only
+            logits = self.model(ids, pad_mask=pad_mask, cache=cache, keep=last)[0][:, -1, :n_ids]  # (B, V)
         if num_samples > 1:
             cache = cache.repeat_rows(num_samples)
             logits = logits.repeat_interleave(num_samples, dim=0)

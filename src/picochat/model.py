@@ -186,6 +186,29 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return F.dropout(x, p, training=True) if training and p > 0 else x
 
 
+def at_positions(x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
+    """x with only the positions keep[b] left along `dim`, row by row: keep (B, K) long; x (B, ..., T, ...)
+    with T at `dim` -> (B, ..., K, ...)."""
+    view = [1] * x.dim()
+    view[0], view[dim] = keep.shape
+    shape = list(x.shape)
+    shape[dim] = keep.shape[1]
+    return x.gather(dim, keep.view(view).expand(shape))
+
+
+def kept_query_mask(mask: torch.Tensor | None, keep: torch.Tensor, T: int, start: int) -> torch.Tensor:
+    """The attention mask (B, 1, K, Tk) of the queries at `keep` (B, K) from a layer's mask for all T
+    queries: (B|1, 1, T, Tk), (T, Tk), or None (causal; one query on a cache sees every slot). `start`
+    = slots already cached before these T tokens."""
+    B, K = keep.shape
+    if mask is None:
+        k_idx = torch.arange(start + T, device=keep.device)
+        return (k_idx[None, None, :] <= start + keep[:, :, None])[:, None]  # (B, 1, K, Tk)
+    if mask.dim() == 2:
+        mask = mask[None, None]
+    return at_positions(mask.expand(B, 1, T, mask.shape[-1]), keep, dim=2)
+
+
 SHAPE_CHANGING_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -211,11 +234,15 @@ class CausalSelfAttention(nn.Module):
         mask: torch.Tensor | None,
         cache: KVCache | None = None,
         layer: int = 0,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with `keep` (B, K), queries at those positions only: (B, K, C)."""
         B, T, C = x.shape
         # one view, one permute: three times fewer ops than a split and a view + transpose per tensor
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, nh, T, hs)
+        if keep is not None:
+            q = at_positions(q, keep, dim=2)  # (B, nh, K, hs); keys and values stay at every position
         if cache is not None:
             start = cache.length
             cache.k[layer, :, :, start : start + T] = k
@@ -228,7 +255,7 @@ class CausalSelfAttention(nn.Module):
             is_causal=mask is None and T > 1,  # one query with no mask sees every key (a decode step)
             dropout_p=self.dropout if self.training else 0.0,
         )  # fmt: skip
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, q.shape[2], C)  # (B, T or K, C)
         return dropout(self.c_proj(y), self.dropout, self.training)
 
 
@@ -254,12 +281,19 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with `keep` (B, K) only those positions come out: (B, K, C)."""
+        residual = x if keep is None else at_positions(x, keep, dim=1)
         if self.pre_ln:  # GPT-2
-            x = x + self.attn(self.ln_1(x), mask, cache, layer)
+            x = residual + self.attn(self.ln_1(x), mask, cache, layer, keep)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x, mask, cache, layer))  # GPT-1
+        x = self.ln_1(residual + self.attn(x, mask, cache, layer, keep))  # GPT-1
         return self.ln_2(x + self.mlp(x))
 
 
@@ -479,14 +513,23 @@ class GPT(nn.Module):
         pad_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segments: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states (B, T, C). pad_mask (B, T): True on real tokens (padding on the left).
 
         segments (B, T) int: packed rows instead, several documents per row, each one contiguous run of
         ids 1, 2, ... (0 = padding, usually at the row's end). Attention stays within a document and
         positions restart at each document, so each document's states equal running it alone. Not
-        combinable with pad_mask or a KV cache."""
+        combinable with pad_mask or a KV cache.
+
+        keep (B, K) long: the only positions whose states the caller reads (a reward model's last token,
+        PPO's answer positions, the last prompt token before decoding); the result is then (B, K, C),
+        equal to hidden(...)[b, keep[b]]. The last block computes its attention queries, output
+        projection and MLP at those positions only: no later layer needs the others, and the keys and
+        values it attends to still come from every position. Repeats are allowed."""
         B, T = idx.shape
+        if keep is not None and (keep.dim() != 2 or keep.shape[0] != B or keep.dtype != torch.long):
+            raise ValueError(f"keep must be a (B={B}, K) long tensor, got {keep.dtype} {tuple(keep.shape)}")
         if segments is not None and (cache is not None or pad_mask is not None):
             raise ValueError(
                 "segments (packed rows) cannot be combined with "
@@ -508,11 +551,15 @@ class GPT(nn.Module):
         pos = self.positions(B, T, idx.device, pad_mask, cache, segments)
         x = dropout(self.wte(idx) + self.wpe(pos), self.config.dropout, self.training)  # (B, T, C)
         dense_mask, band_mask = attention_masks(self.config, T, idx.device, pad_mask, cache, segments)
-        varying = cache is not None or dense_mask is not None or band_mask is not None
+        varying = cache is not None or dense_mask is not None or band_mask is not None or keep is not None
+        start = cache.length if cache is not None else 0
         with attention_backends(idx.device, varying):
             for layer, block in enumerate(self.h):
                 mask = band_mask if self.config.is_sparse_layer(layer) else dense_mask
-                x = block(x, mask, cache, layer)
+                if keep is not None and layer == len(self.h) - 1:
+                    x = block(x, kept_query_mask(mask, keep, T, start), cache, layer, keep)
+                else:
+                    x = block(x, mask, cache, layer)
         if cache is not None:
             cache.next_pos = pos[:, -1] + 1
             cache.length += T
@@ -526,17 +573,19 @@ class GPT(nn.Module):
         pad_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segments: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
         return_logits: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Next-token logits (B, T, V) and, given targets (B, T), the mean cross-entropy over targets
-        that are not IGNORE_INDEX. pad_mask, cache and segments as in `hidden`.
+        that are not IGNORE_INDEX. pad_mask, cache, segments and keep as in `hidden` (with keep, logits
+        and targets are (B, K, ...): the positions kept).
 
         return_logits=False (with targets): the loss is all the caller needs, so on CPU it is taken by
         `chunked_lm_nll` and the logits come back as None (elsewhere they are computed as usual)."""
-        hidden = self.hidden(idx, pad_mask=pad_mask, cache=cache, segments=segments)
+        hidden = self.hidden(idx, pad_mask=pad_mask, cache=cache, segments=segments, keep=keep)
         if targets is not None and not return_logits and self._chunked_loss_applies(hidden):
-            keep = (targets != IGNORE_INDEX).flatten()
-            rows, kept_targets = hidden.flatten(0, 1)[keep], targets.flatten()[keep]
+            has_target = (targets != IGNORE_INDEX).flatten()
+            rows, kept_targets = hidden.flatten(0, 1)[has_target], targets.flatten()[has_target]
             if len(kept_targets) == 0:
                 return None, hidden.sum() * 0.0  # no targets: a zero that keeps the graph
             weights = torch.full_like(kept_targets, 1.0 / len(kept_targets), dtype=torch.float32)
@@ -563,6 +612,11 @@ class GPT(nn.Module):
     def _chunked_loss_applies(hidden: torch.Tensor) -> bool:
         """The chunked loss is measured faster on CPU only, and torch.compile fuses the plain one itself."""
         return hidden.device.type == "cpu" and not torch.compiler.is_compiling()
+
+    def final_states(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, C): the state on each right-padded row's last real token (position lengths − 1), the one a
+        classifier or reward head reads; the last block runs at that position only (`keep`)."""
+        return self.hidden(idx, keep=(lengths - 1)[:, None])[:, 0]
 
     def head_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
         """The linear head on hidden states: (..., C) -> (..., n_head_outputs)."""

@@ -174,8 +174,8 @@ def head_logits(model: GPT, h: torch.Tensor, fmt: str, n_seq: int) -> torch.Tens
 def classify_logits(model: GPT, batch: TaskBatch) -> torch.Tensor:
     """(B, n_classes) logits (multiple choice: (B, K)) for a collated batch."""
     device = next(model.parameters()).device
-    hidden = model.hidden(batch.ids.to(device))  # (N, T, C); right padding needs no pad mask
-    return head_logits(model, extract_states(hidden, batch.lengths.to(device)), batch.fmt, batch.n_seq)
+    h = model.final_states(batch.ids.to(device), batch.lengths.to(device))  # right padding: no pad mask
+    return head_logits(model, h, batch.fmt, batch.n_seq)
 
 
 def lm_targets(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -203,8 +203,12 @@ def finetune_loss(model: nn.Module, batch: TaskBatch, aux_lm_weight: float) -> S
     gpt: GPT = getattr(model, "module", model)
     device = next(gpt.parameters()).device
     ids, lengths, labels = batch.ids.to(device), batch.lengths.to(device), batch.labels.to(device)
-    hidden = gpt.hidden(ids)  # (N, T, C)
-    logits = head_logits(gpt, extract_states(hidden, lengths), batch.fmt, batch.n_seq)  # (B, classes)
+    if aux_lm_weight > 0:  # L1 reads every position's state
+        hidden = gpt.hidden(ids)  # (N, T, C)
+        h = extract_states(hidden, lengths)
+    else:
+        h = gpt.final_states(ids, lengths)  # (N, C), the last block at the extract token only
+    logits = head_logits(gpt, h, batch.fmt, batch.n_seq)  # (B, classes)
     cls = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
     loss_sum = cls.sum()
     metrics = {"cls_loss": float(cls.detach().sum()), "correct": float((logits.argmax(-1) == labels).sum())}

@@ -324,36 +324,41 @@ class Padded:
     P: int
     last: torch.Tensor  # (b,) column of each episode's last real token
 
-    def hidden(self, model: GPT) -> torch.Tensor:
-        return model.hidden(self.ids, pad_mask=self.pad_mask)  # (b, P + R, C)
-
-    def answer_states(self, hidden: torch.Tensor) -> torch.Tensor:
+    def answer_states(self, model: GPT) -> torch.Tensor:
         """(b, R, C): the states at P-1 .. P+R-2, each predicting the next answer token."""
-        return hidden[:, self.P - 1 : -1]
+        b, width = self.ids.shape
+        columns = torch.arange(self.P - 1, width - 1, device=self.ids.device).expand(b, -1)  # (b, R)
+        return model.hidden(self.ids, pad_mask=self.pad_mask, keep=columns)
 
-    def last_states(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden[torch.arange(len(self.last), device=hidden.device), self.last]  # (b, C)
+    def last_states(self, model: GPT) -> torch.Tensor:
+        """(b, C): the state on each episode's last real token."""
+        return model.hidden(self.ids, pad_mask=self.pad_mask, keep=self.last[:, None])[:, 0]
 
 
 @dataclass(frozen=True, slots=True)
 class Packed:
     """Episodes (real prompt + answer tokens only) laid end to end in a few rows (`packed_rows`); the
-    model attends within each episode only (`segments`), so every episode's states are its own."""
+    model attends within each episode only (`segments`), so every episode's states are its own.
+
+    The states read are asked for with `GPT.hidden(keep=...)`: row r's j-th episode puts its R answer
+    slots at keep columns j·R .. j·R+R-1 (`answer_keep`) and its last slot at column j (`last_keep`);
+    columns of rows holding fewer episodes repeat slot 0."""
 
     ids: torch.Tensor  # (rows, L)
     segments: torch.Tensor  # (rows, L) long: k = k-th episode of the row, 0 = padding at the row's end
-    row: torch.Tensor  # (b, 1) row holding each episode
-    col: torch.Tensor  # (b, R) slot of the state predicting each answer token (clamped past the answer)
-    last: torch.Tensor  # (b,) slot of each episode's last real token
+    answer_keep: torch.Tensor  # (rows, J·R) slot of the state predicting each answer token (clamped)
+    last_keep: torch.Tensor  # (rows, J) slot of each episode's last real token
+    place: torch.Tensor  # (b,) row · J + j of each episode (J = most episodes in one row)
 
-    def hidden(self, model: GPT) -> torch.Tensor:
-        return model.hidden(self.ids, segments=self.segments)  # (rows, L, C)
+    def answer_states(self, model: GPT) -> torch.Tensor:
+        """(b, R, C) states predicting each answer token (past an answer's end: any state of the episode)."""
+        states = model.hidden(self.ids, segments=self.segments, keep=self.answer_keep)  # (rows, J·R, C)
+        return states.view(self.last_keep.numel(), -1, states.shape[-1])[self.place]  # (rows·J, R, C) -> (b,)
 
-    def answer_states(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden[self.row, self.col]  # (b, R, C)
-
-    def last_states(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden[self.row[:, 0], self.last]  # (b, C)
+    def last_states(self, model: GPT) -> torch.Tensor:
+        """(b, C): the state on each episode's last real token."""
+        states = model.hidden(self.ids, segments=self.segments, keep=self.last_keep)  # (rows, J, C)
+        return states.flatten(0, 1)[self.place]
 
 
 Episodes = Padded | Packed
@@ -386,7 +391,7 @@ def packed_rows(ro: Rollout, rows: torch.Tensor, capacity: int) -> Packed:
     """The episodes `rows` packed into rows of at most `capacity` tokens with no padding between them.
 
     Episode b (prompt p_b tokens, answer a_b tokens) starts at slot o_b of its row; the state predicting
-    answer token t sits at o_b + p_b - 1 + t, which is where `ppo_losses`'s (b, R) layout gathers from."""
+    answer token t sits at o_b + p_b - 1 + t, which is where `ppo_losses`'s (b, R) layout is read from."""
     device = ro.ids.device
     real = ro.pad_mask[rows]  # (b, P + R)
     n_prompt, n_answer = real[:, : ro.P].sum(1), real[:, ro.P :].sum(1)  # (b,), (b,)
@@ -402,9 +407,16 @@ def packed_rows(ro: Rollout, rows: torch.Tensor, capacity: int) -> Packed:
     segments[dest] = seg.repeat_interleave(length)
     t = torch.arange(real.shape[1] - ro.P, device=device)[None, :]  # (1, R) answer token index
     t = torch.minimum(t, (n_answer - 1).clamp(min=0)[:, None])  # past the answer: any state of the episode
+    answer_slots = (offset + n_prompt - 1)[:, None] + t  # (b, R)
+    J, R = int(seg.max()), answer_slots.shape[1]
+    place = row * J + seg - 1  # (b,)
+    answer_keep = torch.zeros(n_rows * J, R, dtype=torch.long, device=device)
+    answer_keep[place] = answer_slots
+    last_keep = torch.zeros(n_rows * J, dtype=torch.long, device=device)
+    last_keep[place] = offset + length - 1
     return Packed(
-        ids=ids.view(n_rows, width), segments=segments.view(n_rows, width), row=row[:, None],
-        col=(offset + n_prompt - 1)[:, None] + t, last=offset + length - 1,
+        ids=ids.view(n_rows, width), segments=segments.view(n_rows, width),
+        answer_keep=answer_keep.view(n_rows, J * R), last_keep=last_keep.view(n_rows, J), place=place,
     )  # fmt: skip
 
 
@@ -420,7 +432,7 @@ def response_outputs(
     model: GPT, batch: Episodes, logits: bool, values: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """LM logits (b, R, V) predicting each answer token and/or head values (b, R) of the state before it."""
-    hidden = batch.answer_states(batch.hidden(model))  # (b, R, C)
+    hidden = batch.answer_states(model)  # (b, R, C)
     out_logits = model.lm_head(hidden) if logits else None
     out_values = model.head_outputs(hidden)[..., 0].float() if values else None
     return out_logits, out_values
@@ -457,7 +469,7 @@ def reward_scores(
     raw = torch.zeros(len(ro.mask), device=ro.ids.device)  # (B,)
     for rows in by_prompt_length(ro, torch.arange(len(ro.mask), device=ro.ids.device), chunk):
         batch = episode_rows(ro, rows, pack, pack_capacity(models))
-        last = batch.last_states(batch.hidden(models.rm))  # (b, C)
+        last = batch.last_states(models.rm)  # (b, C)
         raw[rows] = models.rm.head_outputs(last)[:, 0].float()
     bias, std = models.rm_norm
     return (raw - bias) / std

@@ -142,9 +142,7 @@ def right_pad(
 def sequence_rewards(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reward per sequence (N,): the head on the hidden state at position length − 1."""
     gpt: GPT = getattr(model, "module", model)
-    hidden = gpt.hidden(ids)  # (N, T, C)
-    last = hidden[torch.arange(ids.shape[0], device=ids.device), lengths - 1]  # (N, C)
-    return gpt.head_outputs(last)[:, 0].float()
+    return gpt.head_outputs(gpt.final_states(ids, lengths))[:, 0].float()
 
 
 @torch.no_grad()
