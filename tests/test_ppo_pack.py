@@ -51,20 +51,24 @@ def test_packed_rows_hold_each_episode_and_point_at_its_answer() -> None:
     lengths = [PROMPTS[r] + ANSWERS[r] for r in rows.tolist()]  # 14, 9, 15, 15, 13 = 66 tokens
     assert packed.ids.shape[0] == 3 and packed.ids.shape[1] <= 32  # 66 tokens need 3 rows of 32
     assert int((packed.segments > 0).sum()) == sum(lengths)  # every real token once, no padding inside
-    J, R = packed.last_keep.shape[1], ro.ids.shape[1] - ro.P  # most episodes in a row, answer columns
-    assert packed.answer_keep.shape == (3, J * R)
+    J, K = packed.last_keep.shape[1], packed.answer_keep.shape[1]  # most episodes / answer tokens in a row
+    slots = packed.answer_keep.flatten()[packed.answer_at]  # (M,) slot predicting each real answer token
+    assert len(slots) == sum(ANSWERS[r] for r in rows.tolist())  # nothing past an answer's end
+    start = 0
     for b, r in enumerate(rows.tolist()):
         row, j = divmod(int(packed.place[b]), J)
-        col, last = packed.answer_keep[row, j * R : (j + 1) * R], int(packed.last_keep[row, j])
+        col, last = slots[start : start + ANSWERS[r]], int(packed.last_keep[row, j])
+        assert (packed.answer_at[start : start + ANSWERS[r]] // K == row).all()
+        start += ANSWERS[r]
         first = int(col[0]) - PROMPTS[r] + 1
         seg = packed.segments[row, first]
         assert (packed.segments[row] == seg).sum() == lengths[b]  # one contiguous run of its own id
         episode = ro.ids[r][ro.pad_mask[r]]
         assert torch.equal(packed.ids[row, first : first + lengths[b]], episode)
         # the state predicting answer token t sits one slot before it; `last` is the final answer token
-        targets = packed.ids[row, col[: ANSWERS[r]] + 1]
-        assert torch.equal(targets, ro.ids[r, ro.P : ro.P + ANSWERS[r]])
+        assert torch.equal(packed.ids[row, col + 1], ro.ids[r, ro.P : ro.P + ANSWERS[r]])
         assert last == first + lengths[b] - 1
+    assert K == 16  # the rows hold answers of 10 + 6, 7 and 3 + 1 tokens
     assert packed.ids.shape[1] == 27  # fills 15 + 9, 15, 14 + 13: as even as whole episodes allow
 
 

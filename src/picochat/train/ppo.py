@@ -21,11 +21,16 @@ Deviations and choices:
   evenly filled rows of at most block_size tokens as a longest-first greedy finds (`packed_rows`), with
   a block-diagonal causal mask and positions restarting at each episode (`GPT.hidden(segments=...)`).
   Why: the matmuls, most of the update's time, then run on real tokens only, where a left-padded batch
-  (what TRL's trainer runs) pays for every pad column of the longest prompt. The (b, R) answer states
-  that `rl_math.ppo_losses` takes are gathered back from slot offset + prompt_len - 1 + t, so losses,
-  gradients and stats equal the padded layout's up to float rounding. ppo.pack=false: each episode is
-  its own left-padded row, minus the padding columns none of the micro-batch uses (`trimmed_rows`).
-  Either way micro-batches group episodes of similar prompt length (`by_prompt_length`).
+  (what TRL's trainer runs) pays for every pad column of the longest prompt. ppo.pack=false: each
+  episode is its own left-padded row, minus the padding columns none of the micro-batch uses
+  (`trimmed_rows`). Either way micro-batches group episodes of similar prompt length
+  (`by_prompt_length`), and losses, gradients and stats are the same up to float rounding.
+- Only the states that are read are computed in the last block (`GPT.hidden(keep=...)`): the slots
+  predicting the real answer tokens (slot offset + prompt_len - 1 + t, t < answer length) for the
+  policy, the reference and the critic, and each episode's last token for the reward model. The LM head
+  and value head then run on the M real answer tokens, (M, V) logits instead of (b, R, V) (answers
+  end at <|end|> well before ppo.max_new_tokens: 10 of 32 tokens on the tiny pipeline), and `per_token`
+  lays the results out as the (b, R) tensors `rl_math.ppo_losses` takes.
 - The critic is a separate GPT initialised from the reward model (InstructGPT §3.5), its head divided by
   the RM's std so that it starts in the units of the normalised score; with a python reward function
   instead of an RM (toys and tests) it starts from the policy's trunk with a fresh head.
@@ -325,10 +330,11 @@ class Padded:
     last: torch.Tensor  # (b,) column of each episode's last real token
 
     def answer_states(self, model: GPT) -> torch.Tensor:
-        """(b, R, C): the states at P-1 .. P+R-2, each predicting the next answer token."""
+        """(M, C): the states predicting each real answer token (columns P-1 .. P+R-2), in the order of
+        the episodes' answer masks read row by row."""
         b, width = self.ids.shape
         columns = torch.arange(self.P - 1, width - 1, device=self.ids.device).expand(b, -1)  # (b, R)
-        return model.hidden(self.ids, pad_mask=self.pad_mask, keep=columns)
+        return model.hidden(self.ids, pad_mask=self.pad_mask, keep=columns)[self.pad_mask[:, self.P :]]
 
     def last_states(self, model: GPT) -> torch.Tensor:
         """(b, C): the state on each episode's last real token."""
@@ -340,20 +346,22 @@ class Packed:
     """Episodes (real prompt + answer tokens only) laid end to end in a few rows (`packed_rows`); the
     model attends within each episode only (`segments`), so every episode's states are its own.
 
-    The states read are asked for with `GPT.hidden(keep=...)`: row r's j-th episode puts its R answer
-    slots at keep columns j·R .. j·R+R-1 (`answer_keep`) and its last slot at column j (`last_keep`);
-    columns of rows holding fewer episodes repeat slot 0."""
+    Only the states read are computed in the last block (`GPT.hidden(keep=...)`): a row's `answer_keep`
+    lists the slots predicting the real answer tokens of its episodes, `last_keep` its episodes' last
+    slots (j-th episode of the row at column j); short rows repeat slot 0."""
 
     ids: torch.Tensor  # (rows, L)
     segments: torch.Tensor  # (rows, L) long: k = k-th episode of the row, 0 = padding at the row's end
-    answer_keep: torch.Tensor  # (rows, J·R) slot of the state predicting each answer token (clamped)
+    answer_keep: torch.Tensor  # (rows, K) slots predicting answer tokens (K = most answer tokens in a row)
+    answer_at: torch.Tensor  # (M,) row · K + column of each real answer token, episode by episode
     last_keep: torch.Tensor  # (rows, J) slot of each episode's last real token
     place: torch.Tensor  # (b,) row · J + j of each episode (J = most episodes in one row)
 
     def answer_states(self, model: GPT) -> torch.Tensor:
-        """(b, R, C) states predicting each answer token (past an answer's end: any state of the episode)."""
-        states = model.hidden(self.ids, segments=self.segments, keep=self.answer_keep)  # (rows, J·R, C)
-        return states.view(self.last_keep.numel(), -1, states.shape[-1])[self.place]  # (rows·J, R, C) -> (b,)
+        """(M, C): the states predicting each real answer token, in the order of the episodes' answer
+        masks read row by row."""
+        states = model.hidden(self.ids, segments=self.segments, keep=self.answer_keep)  # (rows, K, C)
+        return states.flatten(0, 1)[self.answer_at]
 
     def last_states(self, model: GPT) -> torch.Tensor:
         """(b, C): the state on each episode's last real token."""
@@ -391,7 +399,7 @@ def packed_rows(ro: Rollout, rows: torch.Tensor, capacity: int) -> Packed:
     """The episodes `rows` packed into rows of at most `capacity` tokens with no padding between them.
 
     Episode b (prompt p_b tokens, answer a_b tokens) starts at slot o_b of its row; the state predicting
-    answer token t sits at o_b + p_b - 1 + t, which is where `ppo_losses`'s (b, R) layout is read from."""
+    answer token t < a_b sits at o_b + p_b - 1 + t."""
     device = ro.ids.device
     real = ro.pad_mask[rows]  # (b, P + R)
     n_prompt, n_answer = real[:, : ro.P].sum(1), real[:, ro.P :].sum(1)  # (b,), (b,)
@@ -405,19 +413,36 @@ def packed_rows(ro: Rollout, rows: torch.Tensor, capacity: int) -> Packed:
     segments = torch.zeros(n_rows * width, dtype=torch.long, device=device)
     ids[dest] = tokens
     segments[dest] = seg.repeat_interleave(length)
-    t = torch.arange(real.shape[1] - ro.P, device=device)[None, :]  # (1, R) answer token index
-    t = torch.minimum(t, (n_answer - 1).clamp(min=0)[:, None])  # past the answer: any state of the episode
-    answer_slots = (offset + n_prompt - 1)[:, None] + t  # (b, R)
-    J, R = int(seg.max()), answer_slots.shape[1]
+    answer_keep, answer_at = answer_columns(row, offset + n_prompt - 1, n_answer, n_rows)
+    J = int(seg.max())
     place = row * J + seg - 1  # (b,)
-    answer_keep = torch.zeros(n_rows * J, R, dtype=torch.long, device=device)
-    answer_keep[place] = answer_slots
     last_keep = torch.zeros(n_rows * J, dtype=torch.long, device=device)
     last_keep[place] = offset + length - 1
     return Packed(
-        ids=ids.view(n_rows, width), segments=segments.view(n_rows, width),
-        answer_keep=answer_keep.view(n_rows, J * R), last_keep=last_keep.view(n_rows, J), place=place,
+        ids=ids.view(n_rows, width), segments=segments.view(n_rows, width), answer_keep=answer_keep,
+        answer_at=answer_at, last_keep=last_keep.view(n_rows, J), place=place,
     )  # fmt: skip
+
+
+def answer_columns(
+    row: torch.Tensor, first_slot: torch.Tensor, n_answer: torch.Tensor, n_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(answer_keep (rows, K), answer_at (M,)) for episodes in `row` (b,) whose answer tokens are predicted
+    from slots first_slot, first_slot + 1, ... (n_answer (b,) of them): each row's slots in a list padded
+    with slot 0, and where each token's slot landed, episode by episode (the order of mask[mask])."""
+    device = row.device
+    n_tokens = int(n_answer.sum())
+    episode = torch.repeat_interleave(torch.arange(len(row), device=device), n_answer)  # (M,)
+    t = torch.arange(n_tokens, device=device) - (n_answer.cumsum(0) - n_answer)[episode]  # token index
+    token_row = row[episode]
+    per_row = torch.bincount(token_row, minlength=n_rows)  # answer tokens in each row
+    order = torch.argsort(token_row, stable=True)  # tokens grouped by row, episode order kept
+    column = torch.empty_like(order)
+    column[order] = torch.arange(n_tokens, device=device) - (per_row.cumsum(0) - per_row)[token_row[order]]
+    K = max(int(per_row.max()), 1)
+    answer_keep = torch.zeros(n_rows, K, dtype=torch.long, device=device)
+    answer_keep[token_row, column] = first_slot[episode] + t
+    return answer_keep, token_row * K + column
 
 
 def episode_rows(ro: Rollout, rows: torch.Tensor, pack: bool, capacity: int) -> Episodes:
@@ -431,15 +456,23 @@ def episode_rows(ro: Rollout, rows: torch.Tensor, pack: bool, capacity: int) -> 
 def response_outputs(
     model: GPT, batch: Episodes, logits: bool, values: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """LM logits (b, R, V) predicting each answer token and/or head values (b, R) of the state before it."""
-    hidden = batch.answer_states(model)  # (b, R, C)
+    """LM logits (M, V) predicting each real answer token and/or head values (M,) of the state before it,
+    token by token in the order of mask[mask] (`per_token` lays them out as (b, R)). Nothing is computed
+    past an answer's end."""
+    hidden = batch.answer_states(model)  # (M, C)
     out_logits = model.lm_head(hidden) if logits else None
     out_values = model.head_outputs(hidden)[..., 0].float() if values else None
     return out_logits, out_values
 
 
+def per_token(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(M,) outputs of the real answer tokens -> (b, R) in the answer mask's places (bool (b, R)), 0
+    elsewhere (differentiable)."""
+    return torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(mask, flat)
+
+
 def policy_values(models: Models, batch: Episodes) -> tuple[torch.Tensor, torch.Tensor]:
-    """(policy logits, values) for a (sub)batch, from one forward when the trunk is shared. Runs through
+    """(policy logits (M, V), values (M,)) for a (sub)batch, from one forward when the trunk is shared. Runs through
     models.policy_fwd / critic_fwd when set (the DDP wrappers: gradients are synced)."""
     policy = models.policy_fwd or StageForward(models.policy)
     if models.critic is None:
@@ -499,14 +532,15 @@ def score_rollout(models: Models, pool: PromptPool, ro: Rollout, cfg: PPOConfig,
     out = {k: torch.zeros_like(ro.mask) for k in ("logprobs", "ref_logprobs", "values", "entropy")}
     for rows in by_prompt_length(ro, torch.arange(len(ro.mask), device=ro.mask.device), chunk):
         batch = episode_rows(ro, rows, cfg.ppo.pack, pack_capacity(models))
-        answer = ro.ids[rows, ro.P :]  # (b, R)
+        mask = ro.mask[rows].bool()  # (b, R)
+        answer = ro.ids[rows, ro.P :][mask]  # (M,) the real answer tokens
         with autocast(device, dtype):
             logits, values = policy_values(models, batch)
             ref_logits, _ = response_outputs(models.ref, batch, True, False)
-        out["logprobs"][rows] = rl_math.logprobs_from_logits(logits, answer, T)
-        out["ref_logprobs"][rows] = rl_math.logprobs_from_logits(ref_logits, answer, T)
-        out["values"][rows] = values.float()
-        out["entropy"][rows] = rl_math.entropy_from_logits(logits, T)
+        out["logprobs"][rows] = per_token(rl_math.logprobs_from_logits(logits, answer, T), mask)
+        out["ref_logprobs"][rows] = per_token(rl_math.logprobs_from_logits(ref_logits, answer, T), mask)
+        out["values"][rows] = per_token(values.float(), mask)
+        out["entropy"][rows] = per_token(rl_math.entropy_from_logits(logits, T), mask)
     with autocast(device, dtype):
         rm_score = reward_scores(models, pool, ro, chunk, cfg.ppo.pack)
     m = ro.mask
@@ -590,10 +624,11 @@ def minibatch_step(
         with no_sync(wrapped, skip=i != len(chunks) - 1):  # all-reduce on the last backward only
             with autocast(device, dtype):
                 logits, values = policy_values(models, batch)
-            new_logprobs = rl_math.logprobs_from_logits(logits, ro.ids[j, ro.P :], hp.temperature)
+            mask = ro.mask[j].bool()  # (b, R); logits and values hold the real answer tokens only
+            new_logprobs = rl_math.logprobs_from_logits(logits, ro.ids[j, ro.P :][mask], hp.temperature)
             losses = rl_math.ppo_losses(
-                new_logprobs, sc.logprobs[j], adv.advantages[j], values, sc.values[j], adv.returns[j],
-                ro.mask[j], hp.clip_eps, hp.vf_clip, n_tokens=n_tokens,
+                per_token(new_logprobs, mask), sc.logprobs[j], adv.advantages[j], per_token(values, mask),
+                sc.values[j], adv.returns[j], ro.mask[j], hp.clip_eps, hp.vf_clip, n_tokens=n_tokens,
             )  # fmt: skip
             (losses.pg_loss + vf_weight * losses.vf_loss).backward()
         weight = losses.stats["n_tokens"] / max(n_tokens, 1.0)
