@@ -15,6 +15,7 @@ from picochat.model import (
     count_params,
     flops_per_token,
     segment_positions,
+    target_positions,
     with_head,
 )
 
@@ -101,16 +102,23 @@ def _grads(model: GPT) -> list[torch.Tensor]:
     return grads
 
 
+@pytest.mark.parametrize("sft_like", [False, True])
 def test_loss_only_forward_equals_the_plain_loss_in_value_and_gradient(
-    micro_model: GPT, monkeypatch: pytest.MonkeyPatch
+    micro_model: GPT, monkeypatch: pytest.MonkeyPatch, sft_like: bool
 ) -> None:
     """return_logits=False takes the chunked head + cross-entropy on CPU: same mean loss, same gradients
-    (the tied embedding gets both its input and its output share), chunks that do not divide the rows."""
+    (the tied embedding gets both its input and its output share), chunks that do not divide the rows.
+    sft_like: no row has a target everywhere, so the last block runs at the target positions only."""
     monkeypatch.setattr("picochat.model.CE_CHUNK_ELEMENTS", micro_model.config.vocab_size * 7)
     torch.manual_seed(0)
     x = torch.randint(0, 100, (3, 20))
     y = torch.randint(0, 100, (3, 20))
     y[0, :8] = IGNORE_INDEX
+    if sft_like:
+        y[1, 3:11] = y[2, 14:] = IGNORE_INDEX
+        assert target_positions(y)[0].shape == (3, 14)  # row 2 has the most targets
+    else:
+        assert target_positions(y)[0] is None
     logits, ref = micro_model(x, targets=y)
     ref.backward()
     ref_grads = _grads(micro_model)

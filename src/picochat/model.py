@@ -196,6 +196,21 @@ def at_positions(x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
     return x.gather(dim, keep.view(view).expand(shape))
 
 
+def target_positions(targets: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(keep (B, K), their targets (B, K)) for the positions of targets (B, T) that are not IGNORE_INDEX,
+    in order, K = the most in one row (shorter rows end in IGNORE_INDEX); (None, targets) when some row
+    has a target everywhere (pre-training: keeping every position would only add the gathers) or none
+    has any."""
+    has_target = targets != IGNORE_INDEX
+    counts = has_target.sum(1)  # (B,)
+    K = int(counts.max())
+    if K in (0, targets.shape[1]):
+        return None, targets
+    # target positions first, in order; a shorter row's list goes on with positions without a target
+    keep = torch.argsort(~has_target, dim=1, stable=True)[:, :K]
+    return keep, targets.gather(1, keep)
+
+
 def kept_query_mask(mask: torch.Tensor | None, keep: torch.Tensor, T: int, start: int) -> torch.Tensor:
     """The attention mask (B, 1, K, Tk) of the queries at `keep` (B, K) from a layer's mask for all T
     queries: (B|1, 1, T, Tk), (T, Tk), or None (causal; one query on a cache sees every slot). `start`
@@ -582,14 +597,17 @@ class GPT(nn.Module):
 
         return_logits=False (with targets): the loss is all the caller needs, so on CPU it is taken by
         `chunked_lm_nll` and the logits come back as None (elsewhere they are computed as usual)."""
-        hidden = self.hidden(idx, pad_mask=pad_mask, cache=cache, segments=segments, keep=keep)
-        if targets is not None and not return_logits and self._chunked_loss_applies(hidden):
+        if targets is not None and not return_logits and self._chunked_loss_applies(idx):
+            if keep is None:  # the loss reads only the states that have a target (SFT: assistant tokens)
+                keep, targets = target_positions(targets)
+            hidden = self.hidden(idx, pad_mask=pad_mask, cache=cache, segments=segments, keep=keep)
             has_target = (targets != IGNORE_INDEX).flatten()
             rows, kept_targets = hidden.flatten(0, 1)[has_target], targets.flatten()[has_target]
             if len(kept_targets) == 0:
                 return None, hidden.sum() * 0.0  # no targets: a zero that keeps the graph
             weights = torch.full_like(kept_targets, 1.0 / len(kept_targets), dtype=torch.float32)
             return None, self.weighted_lm_nll(rows, kept_targets, weights)
+        hidden = self.hidden(idx, pad_mask=pad_mask, cache=cache, segments=segments, keep=keep)
         logits = self.lm_head(hidden)  # (B, T, V)
         if targets is None:
             return logits, None
@@ -609,9 +627,9 @@ class GPT(nn.Module):
         return (row_weights * nll).sum()
 
     @staticmethod
-    def _chunked_loss_applies(hidden: torch.Tensor) -> bool:
+    def _chunked_loss_applies(x: torch.Tensor) -> bool:
         """The chunked loss is measured faster on CPU only, and torch.compile fuses the plain one itself."""
-        return hidden.device.type == "cpu" and not torch.compiler.is_compiling()
+        return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
     def final_states(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, C): the state on each right-padded row's last real token (position lengths − 1), the one a
