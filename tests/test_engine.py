@@ -91,6 +91,21 @@ def test_score_matches_manual_log_softmax(tok, micro_model) -> None:
     assert total == pytest.approx(sum(manual), abs=1e-4)
 
 
+def test_score_ids_batched_equals_one_pair_at_a_time(tok, micro_model) -> None:
+    """Pairs of different prompt and continuation lengths in one batch (right padding, the shorter
+    continuations' unused prediction slots) score as each pair alone."""
+    engine = Engine(micro_model, tok)
+    pairs = [
+        (tok.encode("ROMEO:"), tok.encode(" But soft, what light")),
+        (tok.encode("JULIET: O Romeo, Romeo! wherefore art thou"), tok.encode(" Romeo?")),
+        ([], tok.encode("To be")),
+    ]
+    batched = engine.score_ids(pairs)
+    assert [len(x) for x in batched] == [len(c) for _, c in pairs]
+    for got, pair in zip(batched, pairs, strict=True):
+        assert got == pytest.approx(engine.score_ids([pair])[0], abs=1e-5)
+
+
 def test_top_k_and_top_p_restrict_support() -> None:
     logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]])
     g = torch.Generator().manual_seed(0)

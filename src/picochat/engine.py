@@ -470,13 +470,20 @@ class Engine:
             for i, s in enumerate(seqs):
                 ids[i, : len(s)] = torch.tensor(s)
             ids = ids.to(self.device)
+            # the positions predicting each continuation token (a shorter one repeats its last): the model
+            # runs its last block and LM head there only
+            K = max(n_cont)
+            keep = torch.tensor(
+                [
+                    [len(s) - 1 - n + min(t, n - 1) for t in range(K)]
+                    for s, n in zip(seqs, n_cont, strict=True)
+                ],
+                device=self.device,
+            )  # (B, K)
             with self._autocast():
-                logits = self.model(ids)[0].float()  # (B, T, V), right padding is harmless for a causal model
-            logprobs = (
-                F.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            )  # (B, T-1)
-            for i, s in enumerate(seqs):
-                results.append(logprobs[i, len(s) - 1 - n_cont[i] : len(s) - 1].tolist())
+                logits = self.model(ids, keep=keep)[0].float()  # (B, K, V); right padding is harmless
+            logprobs = F.log_softmax(logits, dim=-1).gather(-1, ids.gather(1, keep + 1)[..., None])[..., 0]
+            results.extend(row[:n].tolist() for row, n in zip(logprobs, n_cont, strict=True))
         return results
 
     def score(
