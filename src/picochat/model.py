@@ -30,6 +30,13 @@ alone. PPO's update uses it to spend its matmul FLOPs on real tokens only, where
 TRL's trainer runs) pays for every pad column; the attention scores stay T×T per row, cheap next to the
 linear layers at these lengths.
 
+Reading a few states: no layer after the last needs the other positions' outputs, so `hidden(keep=...)`
+runs the last block's queries, output projection and MLP only at the positions the caller reads (its
+keys and values still cover every position). A reward or classifier head reads one token per sequence,
+PPO the answer tokens, the engine's prefill the last prompt token, few-shot scoring the continuation
+and the CPU loss the positions with a target; on the tiny model (4 layers) the last block is a quarter
+of the trunk, and the LM head stops running on positions nobody reads (benchmarks/RESULTS.md, session 11).
+
 The training loss on CPU (`chunked_lm_nll`, used when `forward` is asked for the loss only): the LM head,
 softmax and cross-entropy of a few hundred rows at a time, with the gradient of the logits, softmax(z) −
 onehot(y), taken in the same pass. A chunk's logits stay in the CPU cache, so the (B·T, V) logits are

@@ -428,8 +428,9 @@ def answer_columns(
     row: torch.Tensor, first_slot: torch.Tensor, n_answer: torch.Tensor, n_rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(answer_keep (rows, K), answer_at (M,)) for episodes in `row` (b,) whose answer tokens are predicted
-    from slots first_slot, first_slot + 1, ... (n_answer (b,) of them): each row's slots in a list padded
-    with slot 0, and where each token's slot landed, episode by episode (the order of mask[mask])."""
+    from slots first_slot, first_slot + 1, ... (n_answer (b,) of them): each row's slots in one list padded
+    with slot 0, and where each token's slot landed in the flattened lists, episode after episode (the
+    order in which a (b, R) answer mask lists its True entries)."""
     device = row.device
     n_tokens = int(n_answer.sum())
     episode = torch.repeat_interleave(torch.arange(len(row), device=device), n_answer)  # (M,)
@@ -457,8 +458,7 @@ def response_outputs(
     model: GPT, batch: Episodes, logits: bool, values: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """LM logits (M, V) predicting each real answer token and/or head values (M,) of the state before it,
-    token by token in the order of mask[mask] (`per_token` lays them out as (b, R)). Nothing is computed
-    past an answer's end."""
+    episode after episode (`per_token` lays them out as (b, R)). Nothing is computed past an answer's end."""
     hidden = batch.answer_states(model)  # (M, C)
     out_logits = model.lm_head(hidden) if logits else None
     out_values = model.head_outputs(hidden)[..., 0].float() if values else None
@@ -472,8 +472,8 @@ def per_token(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def policy_values(models: Models, batch: Episodes) -> tuple[torch.Tensor, torch.Tensor]:
-    """(policy logits (M, V), values (M,)) for a (sub)batch, from one forward when the trunk is shared. Runs through
-    models.policy_fwd / critic_fwd when set (the DDP wrappers: gradients are synced)."""
+    """(policy logits (M, V), values (M,)) for a (sub)batch, from one forward when the trunk is shared.
+    Runs through models.policy_fwd / critic_fwd when set (the DDP wrappers: gradients are synced)."""
     policy = models.policy_fwd or StageForward(models.policy)
     if models.critic is None:
         logits, values = policy(response_outputs, batch, True, True)
