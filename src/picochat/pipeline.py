@@ -144,14 +144,18 @@ PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # horizon 256 episodes (default 2000): 36 iterations of 32 episodes could move β by at most 12% at
         # 2000, so the KL drifted to 5.5 nats in one run and its greedy answers collapsed (win rate 0.28 /
         # 0.56 sampled); at 256 the same SFT and RM gave KL 2.2, 0.41 / 0.57 (another run's SFT/RM: 0.57 /
-        # 0.64 at 2000, 0.52 / 0.65 at 256, gold score 0.155 -> 0.174 greedy)
-        "ppo": {"ppo": {"iterations": 36, "max_new_tokens": 32, "horizon": 256}, "optim": {"lr": 6e-5}},
+        # 0.64 at 2000, 0.52 / 0.65 at 256, gold score 0.155 -> 0.174 greedy). horizon 64 (β moves up to
+        # 10% per iteration): at 256 a later run's KL still reached 5.0-7.2 nats against the target 2 (seeds
+        # 1337 / 2 / 3: 0.36 / 0.52, 0.45 / 0.60, 0.39 / 0.60); at 64 the same SFT/RM held KL 1.5-3.0 and gave
+        # 0.48 / 0.56, 0.53 / 0.57, 0.46 / 0.56; on the previous run's SFT/RM (KL 2.8 at 256: 0.45 / 0.61)
+        # 0.42 / 0.60 at KL 2.6
+        "ppo": {"ppo": {"iterations": 36, "max_new_tokens": 32, "horizon": 64}, "optim": {"lr": 6e-5}},
         # γ = 0.01 (win rate greedy / sampled, KL, held-out LM loss; SFT 7.05): at 36 iterations γ = 0.1 gave
         # 0.59 / 0.60, KL 7.4, 5.91; 0.03: 0.66 / 0.65, KL 6.6, 6.06; 0.01: 0.67 / 0.68, KL 4.4, 6.35.
         # ptx_batch 2 windows of 128 tokens per minibatch (default 4): the ptx forward and backward were a
         # third of the stage's time
         "ppo_ptx": {
-            "ppo": {"iterations": 36, "max_new_tokens": 32, "ptx_coef": 0.01, "horizon": 256, "ptx_batch": 2},
+            "ppo": {"iterations": 36, "max_new_tokens": 32, "ptx_coef": 0.01, "horizon": 64, "ptx_batch": 2},
             "optim": {"lr": 6e-5},
         },
     },
