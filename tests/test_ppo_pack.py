@@ -51,13 +51,15 @@ def test_packed_rows_hold_each_episode_and_point_at_its_answer() -> None:
     lengths = [PROMPTS[r] + ANSWERS[r] for r in rows.tolist()]  # 14, 9, 15, 15, 13 = 66 tokens
     assert packed.ids.shape[0] == 3 and packed.ids.shape[1] <= 32  # 66 tokens need 3 rows of 32
     assert int((packed.segments > 0).sum()) == sum(lengths)  # every real token once, no padding inside
-    J, K = packed.last_keep.shape[1], packed.answer_keep.shape[1]  # most episodes / answer tokens in a row
+    K = packed.answer_keep.shape[1]  # most answer tokens in a row
     slots = packed.answer_keep.flatten()[packed.answer_at]  # (M,) slot predicting each real answer token
+    lasts = packed.last_keep.flatten()[packed.last_at]  # (b,) each episode's last slot
     assert len(slots) == sum(ANSWERS[r] for r in rows.tolist())  # nothing past an answer's end
     start = 0
     for b, r in enumerate(rows.tolist()):
-        row, j = divmod(int(packed.place[b]), J)
-        col, last = slots[start : start + ANSWERS[r]], int(packed.last_keep[row, j])
+        row = int(packed.answer_at[start]) // K
+        col, last = slots[start : start + ANSWERS[r]], int(lasts[b])
+        assert int(packed.last_at[b]) // packed.last_keep.shape[1] == row
         assert (packed.answer_at[start : start + ANSWERS[r]] // K == row).all()
         start += ANSWERS[r]
         first = int(col[0]) - PROMPTS[r] + 1

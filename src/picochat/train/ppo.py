@@ -348,14 +348,14 @@ class Packed:
 
     Only the states read are computed in the last block (`GPT.hidden(keep=...)`): a row's `answer_keep`
     lists the slots predicting the real answer tokens of its episodes, `last_keep` its episodes' last
-    slots (j-th episode of the row at column j); short rows repeat slot 0."""
+    slots (`slot_lists`); `*_at` says where each one landed in the flattened (rows · K) result."""
 
     ids: torch.Tensor  # (rows, L)
     segments: torch.Tensor  # (rows, L) long: k = k-th episode of the row, 0 = padding at the row's end
     answer_keep: torch.Tensor  # (rows, K) slots predicting answer tokens (K = most answer tokens in a row)
-    answer_at: torch.Tensor  # (M,) row · K + column of each real answer token, episode by episode
-    last_keep: torch.Tensor  # (rows, J) slot of each episode's last real token
-    place: torch.Tensor  # (b,) row · J + j of each episode (J = most episodes in one row)
+    answer_at: torch.Tensor  # (M,) flat index of each real answer token's state, episode by episode
+    last_keep: torch.Tensor  # (rows, J) slot of each episode's last real token (J = most episodes in a row)
+    last_at: torch.Tensor  # (b,) flat index of each episode's last state
 
     def answer_states(self, model: GPT) -> torch.Tensor:
         """(M, C): the states predicting each real answer token, in the order of the episodes' answer
@@ -366,7 +366,7 @@ class Packed:
     def last_states(self, model: GPT) -> torch.Tensor:
         """(b, C): the state on each episode's last real token."""
         states = model.hidden(self.ids, segments=self.segments, keep=self.last_keep)  # (rows, J, C)
-        return states.flatten(0, 1)[self.place]
+        return states.flatten(0, 1)[self.last_at]
 
 
 Episodes = Padded | Packed
@@ -413,37 +413,34 @@ def packed_rows(ro: Rollout, rows: torch.Tensor, capacity: int) -> Packed:
     segments = torch.zeros(n_rows * width, dtype=torch.long, device=device)
     ids[dest] = tokens
     segments[dest] = seg.repeat_interleave(length)
-    answer_keep, answer_at = answer_columns(row, offset + n_prompt - 1, n_answer, n_rows)
-    J = int(seg.max())
-    place = row * J + seg - 1  # (b,)
-    last_keep = torch.zeros(n_rows * J, dtype=torch.long, device=device)
-    last_keep[place] = offset + length - 1
+    answer_keep, answer_at = slot_lists(row, offset + n_prompt - 1, n_answer, n_rows)
+    last_keep, last_at = slot_lists(row, offset + length - 1, torch.ones_like(length), n_rows)
     return Packed(
         ids=ids.view(n_rows, width), segments=segments.view(n_rows, width), answer_keep=answer_keep,
-        answer_at=answer_at, last_keep=last_keep.view(n_rows, J), place=place,
+        answer_at=answer_at, last_keep=last_keep, last_at=last_at,
     )  # fmt: skip
 
 
-def answer_columns(
-    row: torch.Tensor, first_slot: torch.Tensor, n_answer: torch.Tensor, n_rows: int
+def slot_lists(
+    row: torch.Tensor, first_slot: torch.Tensor, count: torch.Tensor, n_rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(answer_keep (rows, K), answer_at (M,)) for episodes in `row` (b,) whose answer tokens are predicted
-    from slots first_slot, first_slot + 1, ... (n_answer (b,) of them): each row's slots in one list padded
-    with slot 0, and where each token's slot landed in the flattened lists, episode after episode (the
+    """(keep (rows, K), at (N,)) for episodes in `row` (b,) that each read `count` (b,) consecutive slots
+    from first_slot (b,): each row's slots in one list padded with slot 0 (the `keep` of GPT.hidden), and
+    where each read slot landed in the flattened lists, episode after episode (for answer tokens, the
     order in which a (b, R) answer mask lists its True entries)."""
     device = row.device
-    n_tokens = int(n_answer.sum())
-    episode = torch.repeat_interleave(torch.arange(len(row), device=device), n_answer)  # (M,)
-    t = torch.arange(n_tokens, device=device) - (n_answer.cumsum(0) - n_answer)[episode]  # token index
-    token_row = row[episode]
-    per_row = torch.bincount(token_row, minlength=n_rows)  # answer tokens in each row
-    order = torch.argsort(token_row, stable=True)  # tokens grouped by row, episode order kept
+    n = int(count.sum())
+    episode = torch.repeat_interleave(torch.arange(len(row), device=device), count)  # (N,)
+    t = torch.arange(n, device=device) - (count.cumsum(0) - count)[episode]  # index within the episode
+    slot_row = row[episode]
+    per_row = torch.bincount(slot_row, minlength=n_rows)  # slots read in each row
+    order = torch.argsort(slot_row, stable=True)  # grouped by row, episode order kept
     column = torch.empty_like(order)
-    column[order] = torch.arange(n_tokens, device=device) - (per_row.cumsum(0) - per_row)[token_row[order]]
+    column[order] = torch.arange(n, device=device) - (per_row.cumsum(0) - per_row)[slot_row[order]]
     K = max(int(per_row.max()), 1)
-    answer_keep = torch.zeros(n_rows, K, dtype=torch.long, device=device)
-    answer_keep[token_row, column] = first_slot[episode] + t
-    return answer_keep, token_row * K + column
+    keep = torch.zeros(n_rows, K, dtype=torch.long, device=device)
+    keep[slot_row, column] = first_slot[episode] + t
+    return keep, slot_row * K + column
 
 
 def episode_rows(ro: Rollout, rows: torch.Tensor, pack: bool, capacity: int) -> Episodes:
